@@ -1,0 +1,360 @@
+"""A local Apache Kafka broker in KRaft mode, run as a plain JVM process.
+
+``python -m emostream.localkafka start|stop|status`` manages one combined
+broker+controller node whose data, log and pid live under the state folder. The
+jars come from ``bin/setup-jars``. Only the standard library is used here so that
+the broker can be managed before the virtualenv exists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from emostream.settings import Settings
+
+log = logging.getLogger("emostream.localkafka")
+
+READY_LINE = "Kafka Server started"
+
+LOG4J2_CONFIG = """\
+status = warn
+appender.out.type = Console
+appender.out.name = STDOUT
+appender.out.layout.type = PatternLayout
+appender.out.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = INFO
+rootLogger.appenderRef.out.ref = STDOUT
+logger.kafka.name = kafka
+logger.kafka.level = INFO
+logger.state.name = state.change.logger
+logger.state.level = WARN
+logger.request.name = kafka.request.logger
+logger.request.level = WARN
+"""
+
+
+class KafkaError(RuntimeError):
+    """A problem an operator can act on; the message says what to do."""
+
+
+def require_java() -> str:
+    java = shutil.which("java")
+    if java is None:
+        raise KafkaError(
+            "java was not found on PATH: install a Java 17 runtime (Debian: apt-get install openjdk-17-jre-headless)"
+        )
+    return java
+
+
+def port_in_use(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.settimeout(0.5)
+        return probe.connect_ex((host, port)) == 0
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child still answers kill(0); it is not running.
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(") ", 1)[1][0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return True
+
+
+@dataclass(frozen=True)
+class BrokerNode:
+    """One KRaft node (broker and controller in one JVM).
+
+    ``quorum`` lists ``id@host:controller_port`` of every controller; a single node
+    with an empty quorum formats itself as a standalone controller.
+    """
+
+    home: Path
+    port: int = 9092
+    controller_port: int = 9093
+    node_id: int = 1
+    host: str = "127.0.0.1"
+    heap: str = "512m"
+    jars: Path = Path("build/jars/kafka")
+    quorum: tuple[str, ...] = ()
+    cluster_id: str | None = None
+    default_replication: int = 1
+    min_insync: int = 1
+
+    @property
+    def bootstrap(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.home / "data"
+
+    @property
+    def log_file(self) -> Path:
+        return self.home / "server.log"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.home / "kafka.pid"
+
+    @property
+    def config_file(self) -> Path:
+        return self.home / "server.properties"
+
+    def pid(self) -> int | None:
+        try:
+            pid = int(self.pid_file.read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+        return pid if pid_alive(pid) else None
+
+    def is_running(self) -> bool:
+        return self.pid() is not None
+
+    def classpath(self) -> str:
+        if not self.jars.is_dir() or not any(self.jars.glob("kafka_*.jar")):
+            raise KafkaError(f"Kafka jars are missing in {self.jars}: run bin/setup-jars first")
+        return str(self.jars / "*")
+
+    def _properties(self) -> str:
+        voters = ",".join(self.quorum) or f"{self.node_id}@{self.host}:{self.controller_port}"
+        bootstrap_controllers = ",".join(v.split("@", 1)[1] for v in voters.split(","))
+        rf = self.default_replication
+        return "\n".join(
+            [
+                "process.roles=broker,controller",
+                f"node.id={self.node_id}",
+                f"controller.quorum.bootstrap.servers={bootstrap_controllers}",
+                f"listeners=PLAINTEXT://{self.host}:{self.port},CONTROLLER://{self.host}:{self.controller_port}",
+                f"advertised.listeners=PLAINTEXT://{self.host}:{self.port},CONTROLLER://{self.host}:{self.controller_port}",
+                "controller.listener.names=CONTROLLER",
+                "inter.broker.listener.name=PLAINTEXT",
+                "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+                f"log.dirs={self.data_dir}",
+                "num.partitions=1",
+                "auto.create.topics.enable=false",
+                f"default.replication.factor={rf}",
+                f"min.insync.replicas={self.min_insync}",
+                f"offsets.topic.replication.factor={rf}",
+                f"transaction.state.log.replication.factor={rf}",
+                f"transaction.state.log.min.isr={self.min_insync}",
+                f"share.coordinator.state.topic.replication.factor={rf}",
+                f"share.coordinator.state.topic.min.isr={self.min_insync}",
+                "group.initial.rebalance.delay.ms=0",
+                "log.retention.hours=24",
+                "log.segment.bytes=268435456",
+                "num.network.threads=2",
+                "num.io.threads=4",
+                "",
+            ]
+        )
+
+    def _java(self, main: str, *args: str, **kwargs) -> subprocess.CompletedProcess:
+        command = [
+            require_java(),
+            "-Xmx256m",
+            f"-Dlog4j2.configurationFile={self.home / 'log4j2.properties'}",
+            "-cp",
+            self.classpath(),
+            main,
+            *args,
+        ]
+        return subprocess.run(command, capture_output=True, text=True, **kwargs)
+
+    def _format(self) -> None:
+        if (self.data_dir / "meta.properties").exists():
+            return
+        cluster_id = self.cluster_id or _random_cluster_id()
+        args = ["format", "-t", cluster_id, "-c", str(self.config_file), "--ignore-formatted"]
+        if self.quorum:
+            args += ["--initial-controllers", ",".join(_with_directory_ids(self.quorum, cluster_id))]
+        else:
+            args += ["--standalone"]
+        done = self._java("kafka.tools.StorageTool", *args, timeout=120)
+        if done.returncode != 0:
+            raise KafkaError(f"formatting Kafka storage failed:\n{done.stdout}{done.stderr}")
+        log.info("formatted Kafka storage in %s (cluster %s)", self.data_dir, cluster_id)
+
+    def start(self, timeout: float = 90.0) -> bool:
+        """Start the node unless it already runs; return True if this call started it."""
+        if self.is_running():
+            log.info("Kafka node %s already running (pid %s) on %s", self.node_id, self.pid(), self.bootstrap)
+            self.wait_ready(timeout)
+            return False
+        for port in (self.port, self.controller_port):
+            if port_in_use(self.host, port):
+                raise KafkaError(
+                    f"port {self.host}:{port} is taken by another process, not by EmoStream's broker; "
+                    f"stop that process, or set EMOSTREAM_KAFKA_BOOTSTRAP to use the Kafka already "
+                    f"listening there"
+                )
+        self.home.mkdir(parents=True, exist_ok=True)
+        (self.home / "log4j2.properties").write_text(LOG4J2_CONFIG)
+        self.config_file.write_text(self._properties())
+        self._format()
+        command = [
+            require_java(),
+            f"-Xmx{self.heap}",
+            f"-Xms{self.heap}",
+            "-XX:+UseG1GC",
+            "-XX:MaxGCPauseMillis=20",
+            "-XX:+ExitOnOutOfMemoryError",
+            "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={self.home / 'log4j2.properties'}",
+            f"-Dkafka.logs.dir={self.home}",
+            "-cp",
+            self.classpath(),
+            "kafka.Kafka",
+            str(self.config_file),
+        ]
+        offset = self.log_file.stat().st_size if self.log_file.exists() else 0
+        with open(self.log_file, "ab") as out:
+            process = subprocess.Popen(
+                command,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,  # Ctrl-C in the caller's terminal must not reach it
+            )
+        self.pid_file.write_text(str(process.pid))
+        log.info(
+            "starting Kafka node %s (pid %s) on %s, log %s", self.node_id, process.pid, self.bootstrap, self.log_file
+        )
+        self.wait_ready(timeout, log_offset=offset, process=process)
+        return True
+
+    def wait_ready(self, timeout: float, log_offset: int = 0, process: subprocess.Popen | None = None) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if process is not None and process.poll() is not None:
+                self.pid_file.unlink(missing_ok=True)
+                raise KafkaError(
+                    f"Kafka exited with code {process.returncode}; see {self.log_file}:\n{_tail(self.log_file)}"
+                )
+            if process is None and not self.is_running():
+                raise KafkaError(f"Kafka is not running; see {self.log_file}")
+            if port_in_use(self.host, self.port) and _log_contains(self.log_file, READY_LINE, log_offset):
+                return
+            time.sleep(0.25)
+        raise KafkaError(f"Kafka did not become ready within {timeout:.0f} s; see {self.log_file}")
+
+    def stop(self, timeout: float = 30.0, kill: bool = False) -> bool:
+        """Stop the node by its pid; return True if it was running."""
+        pid = self.pid()
+        if pid is None:
+            self.pid_file.unlink(missing_ok=True)
+            return False
+        os.kill(pid, signal.SIGKILL if kill else signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while pid_alive(pid):
+            if time.monotonic() > deadline:
+                log.warning("Kafka pid %s ignored SIGTERM for %.0f s; killing it", pid, timeout)
+                os.kill(pid, signal.SIGKILL)
+                deadline = time.monotonic() + 10
+            time.sleep(0.1)
+            _reap(pid)
+        self.pid_file.unlink(missing_ok=True)
+        log.info("stopped Kafka node %s (pid %s)", self.node_id, pid)
+        return True
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def _random_cluster_id() -> str:
+    import base64
+
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+
+
+def _with_directory_ids(quorum: tuple[str, ...], cluster_id: str) -> list[str]:
+    """``id@host:port`` → ``id@host:port:directory-id``, with ids stable per cluster."""
+    import base64
+
+    out = []
+    for voter in quorum:
+        directory = uuid.uuid5(uuid.NAMESPACE_URL, f"{cluster_id}/{voter}")
+        out.append(f"{voter}:{base64.urlsafe_b64encode(directory.bytes).decode().rstrip('=')}")
+    return out
+
+
+def _log_contains(path: Path, needle: str, offset: int) -> bool:
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return needle.encode() in f.read()
+    except FileNotFoundError:
+        return False
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return ""
+
+
+def local_node(settings: Settings) -> BrokerNode:
+    """The single local broker described by the settings."""
+    return BrokerNode(
+        home=Path(settings.state_dir) / "kafka",
+        port=settings.kafka_local_port,
+        controller_port=settings.kafka_local_controller_port,
+        heap=settings.kafka_heap,
+        jars=Path(settings.jars_dir) / "kafka",
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="localkafka", description=__doc__.splitlines()[0])
+    parser.add_argument("command", choices=["start", "stop", "status"])
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    settings = Settings.from_env()
+    node = local_node(settings)
+    try:
+        if args.command == "start":
+            if not settings.kafka_is_local:
+                log.info(
+                    "EMOSTREAM_KAFKA_BOOTSTRAP=%s points elsewhere; not starting a local broker",
+                    settings.kafka_bootstrap,
+                )
+                return 0
+            started = node.start()
+            log.info("Kafka %s on %s", "started" if started else "is already running", node.bootstrap)
+        elif args.command == "stop":
+            if not node.stop():
+                log.info("Kafka is not running")
+        else:
+            pid = node.pid()
+            log.info(f"Kafka running, pid {pid}, {node.bootstrap}" if pid else "Kafka is not running")
+            return 0 if pid else 1
+    except KafkaError as error:
+        log.error("error: %s", error)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

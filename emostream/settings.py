@@ -1,0 +1,188 @@
+"""Every EmoStream setting, read from ``EMOSTREAM_*`` environment variables.
+
+Each field of :class:`Settings` is one variable: ``kafka_bootstrap`` is
+``EMOSTREAM_KAFKA_BOOTSTRAP``. The defaults run the whole stack on one machine;
+``python -m emostream.settings`` prints the table the README documents.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+PREFIX = "EMOSTREAM_"
+ROOT = Path(__file__).resolve().parent.parent
+
+# ❤️ is U+2764 U+FE0F: two code points, compared as a whole string.
+DEFAULT_EMOJI = ("🔥", "👏", "😂", "😮", "😢", "😡", "\u2764\ufe0f", "👍", "🎉", "🏏")
+
+
+def _doc(text: str, default: Any = dataclasses.MISSING, **kwargs: Any) -> Any:
+    """A dataclass field that carries its documentation."""
+    return field(default=default, metadata={"doc": text}, **kwargs)
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Kafka
+    kafka_bootstrap: str = _doc(
+        "Kafka bootstrap servers; set it to use an existing cluster instead of the local broker.", "127.0.0.1:9092"
+    )
+    kafka_local_port: int = _doc("Client port of the local broker that `bin/kafka-start` runs.", 9092)
+    kafka_local_controller_port: int = _doc("KRaft controller port of the local broker.", 9093)
+    kafka_heap: str = _doc("JVM heap of the local broker (-Xmx and -Xms).", "512m")
+    emoji_topic: str = _doc("Topic of raw emoji events, written by ingest.", "emoji_topic")
+    emoji_partitions: int = _doc("Partitions of the raw emoji topic.", 4)
+    aggregate_topic: str = _doc("Topic of windowed aggregates, written by the processor.", "aggregated_emoji_topic")
+    dead_letter_topic: str = _doc(
+        "Topic of records the processor could not use, with the reason.", "emoji_dead_letter_topic"
+    )
+    cluster_topic_prefix: str = _doc(
+        "Prefix of the per-cluster topics from the main publisher to cluster publishers.", "emostream_cluster_"
+    )
+    membership_topic: str = _doc(
+        "Compacted topic of subscriber-node heartbeats (the membership's source of truth).", "emostream_subscribers"
+    )
+    replication_factor: int = _doc("Replication factor of topics the project creates (3 on a real cluster).", 1)
+    min_insync_replicas: int = _doc("min.insync.replicas of topics the project creates (2 on a real cluster).", 1)
+
+    # Emoji
+    emoji_types: tuple[str, ...] = _doc("Comma-separated emoji that clients may send.", DEFAULT_EMOJI)
+    window_seconds: int = _doc("Length of an aggregation window in seconds.", 2)
+    scale_unit: int = _doc("Emoji of one kind that count as one scaled emoji.", 1000)
+
+    # Ingest (app.py)
+    ingest_host: str = _doc("Address ingest listens on.", "127.0.0.1")
+    ingest_port: int = _doc("Port of the ingest HTTP API.", 5000)
+    ingest_workers: int = _doc("Ingest worker processes.", 2)
+    ingest_threads: int = _doc("Threads per ingest worker.", 16)
+    flush_interval_ms: int = _doc("How often ingest sends its buffer to Kafka.", 500)
+    buffer_max: int = _doc("Emoji an ingest worker holds before it answers 503.", 200_000)
+    batch_max_events: int = _doc("Largest array POST /emojis accepts.", 1000)
+    max_body_bytes: int = _doc("Largest request body ingest accepts.", 262_144)
+    rate_limit_per_user: float = _doc("Emoji per second one user_id may send (sustained).", 50.0)
+    rate_burst_per_user: int = _doc("Emoji one user_id may send in a burst.", 200)
+    timestamp_skew_seconds: int = _doc("How far a client timestamp may be from server time.", 300)
+    kafka_unavailable_seconds: float = _doc("How long the broker may be unreachable before ingest answers 503.", 5.0)
+    cors_origins: tuple[str, ...] = _doc(
+        "Comma-separated origins allowed to call the APIs from a browser.",
+        ("http://127.0.0.1:5001", "http://localhost:5001"),
+    )
+
+    # Processor (emoji_processor.py)
+    spark_master: str = _doc("Spark master URL; local[*] runs Spark inside the processor.", "local[*]")
+    spark_ui: bool = _doc("Serve Spark's web UI (port 4040) from the processor.", True)
+    spark_driver_memory: str = _doc("Spark driver memory.", "1g")
+    shuffle_partitions: int = _doc("spark.sql.shuffle.partitions; 0 means the number of cores.", 0)
+    trigger_ms: int = _doc("Processing-time trigger of the streaming query.", 500)
+    watermark_ms: int = _doc("How late an emoji may reach the processor and still count.", 3000)
+    max_offsets_per_trigger: int = _doc("Most Kafka records read per micro-batch; 0 means no limit.", 0)
+    checkpoint_dir: str = _doc(
+        "Checkpoint folder of the streaming query.", str(ROOT / "state" / "checkpoints" / "processor")
+    )
+
+    # Fan-out
+    registration_host: str = _doc("Address the registration service listens on.", "127.0.0.1")
+    registration_port: int = _doc("Port of the registration service (and the viewer page).", 5001)
+    subscriber_host: str = _doc("Address subscriber nodes listen on.", "127.0.0.1")
+    subscriber_base_port: int = _doc("Port of the first subscriber node; the others follow.", 5002)
+    public_host: str = _doc("Host name viewers use to reach subscriber nodes.", "127.0.0.1")
+    clusters: int = _doc("Subscriber clusters.", 3)
+    subscribers_per_cluster: int = _doc("Subscriber nodes each cluster starts with.", 3)
+    max_subscribers_per_cluster: int = _doc("Most subscriber nodes a cluster may grow to.", 6)
+    subscriber_capacity: int = _doc("Viewers one subscriber node is meant to hold.", 2000)
+    scale_up_ratio: float = _doc("Load (connections / capacity) above which all nodes count as full.", 0.8)
+    scale_down_idle_seconds: float = _doc("How long an extra node must be idle before it is retired.", 60.0)
+    heartbeat_seconds: float = _doc("How often subscriber nodes announce themselves.", 2.0)
+    heartbeat_expiry_seconds: float = _doc("Silence after which a subscriber node counts as dead.", 6.0)
+    token_secret: str = _doc("HMAC secret of viewer tokens; set it in production.", "", repr=False)
+    token_ttl_seconds: int = _doc("Lifetime of a viewer token.", 3600)
+
+    # Operations
+    state_dir: str = _doc("Folder of local state: broker data, logs, pids, checkpoints.", str(ROOT / "state"))
+    jars_dir: str = _doc("Folder the Maven-resolved jars are copied into.", str(ROOT / "build" / "jars"))
+    log_level: str = _doc("Logging level of the services.", "INFO")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Build settings from ``EMOSTREAM_*`` variables; keyword overrides win."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            name = PREFIX + f.name.upper()
+            if name in environ and environ[name] != "":
+                values[f.name] = _parse(f, environ[name])
+        values.update(overrides)
+        return cls(**values)
+
+    def to_env(self) -> dict[str, str]:
+        """These settings as ``EMOSTREAM_*`` variables, for a child process."""
+        env = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, tuple):
+                value = ",".join(value)
+            elif isinstance(value, bool):
+                value = "true" if value else "false"
+            env[PREFIX + f.name.upper()] = str(value)
+        return env
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def kafka_is_local(self) -> bool:
+        """True when the bootstrap address is the broker this project runs itself."""
+        return self.kafka_bootstrap in {
+            f"127.0.0.1:{self.kafka_local_port}",
+            f"localhost:{self.kafka_local_port}",
+        }
+
+    @property
+    def effective_shuffle_partitions(self) -> int:
+        return self.shuffle_partitions or (os.cpu_count() or 2)
+
+    @property
+    def secret(self) -> bytes:
+        """The token secret; a fixed development secret when none is configured."""
+        return (self.token_secret or "emostream-development-secret").encode()
+
+
+def _parse(f: dataclasses.Field, raw: str) -> Any:
+    name = PREFIX + f.name.upper()
+    default = f.default
+    try:
+        if isinstance(default, bool):
+            return raw.strip().lower() in {"1", "true", "yes", "on"}
+        if isinstance(default, int):
+            return int(raw)
+        if isinstance(default, float):
+            return float(raw)
+        if isinstance(default, tuple):
+            return tuple(item.strip() for item in raw.split(",") if item.strip())
+        return raw
+    except ValueError:
+        raise SystemExit(f"{name}={raw!r} is not a valid {type(default).__name__}") from None
+
+
+def documentation() -> str:
+    """The configuration table of the README, as Markdown."""
+    lines = ["| Variable | Default | Meaning |", "| --- | --- | --- |"]
+    for f in fields(Settings):
+        default = f.default
+        if isinstance(default, tuple):
+            default = ",".join(default)
+        if isinstance(default, str) and default.startswith(str(ROOT)):
+            default = "./" + os.path.relpath(default, ROOT)
+        shown = f"`{default}`" if default != "" else "(unset)"
+        lines.append(f"| `{PREFIX}{f.name.upper()}` | {shown} | {f.metadata['doc']} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.stdout.write(documentation() + "\n")

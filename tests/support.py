@@ -1,0 +1,124 @@
+"""Helpers the tests share: reading topics back, free ports, service processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from emostream import kafka
+from emostream.settings import ROOT, Settings
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def read_topic(
+    settings: Settings,
+    topic: str,
+    until: Callable[[list[Any]], bool] | int,
+    timeout: float = 30.0,
+    settle: float = 0.0,
+) -> list[Any]:
+    """Records of ``topic`` from the beginning, until ``until(records)`` holds (or N records).
+
+    ``settle`` keeps reading that long after the condition holds, to catch extras.
+    Records come back as kafka-python ConsumerRecords (key str, value JSON or bytes).
+    """
+    if isinstance(until, int):
+        wanted = until
+        until = lambda records: len(records) >= wanted  # noqa: E731
+    consumer = kafka.consumer(settings, topic, auto_offset_reset="earliest", consumer_timeout_ms=200)
+    records: list[Any] = []
+    deadline = time.monotonic() + timeout
+    satisfied_at: float | None = None
+    try:
+        while time.monotonic() < deadline:
+            batch = consumer.poll(timeout_ms=200)
+            for partition_records in batch.values():
+                records.extend(partition_records)
+            if satisfied_at is None and until(records):
+                satisfied_at = time.monotonic()
+            if satisfied_at is not None and time.monotonic() - satisfied_at >= settle:
+                return records
+    finally:
+        consumer.close()
+    return records
+
+
+def wait_http(url: str, timeout: float = 30.0, process: subprocess.Popen | None = None) -> requests.Response:
+    """GET ``url`` until it answers (any status), or fail."""
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"the service exited with {process.returncode} before {url} answered")
+        try:
+            return requests.get(url, timeout=2)
+        except requests.ConnectionError as error:
+            last_error = error
+            time.sleep(0.2)
+    raise TimeoutError(f"{url} did not answer within {timeout:.0f} s: {last_error}")
+
+
+class ServiceProcess:
+    """One of the top-level scripts run as a child process with the given settings."""
+
+    def __init__(self, script: str, settings: Settings, log_dir: Path, *args: str, env: dict[str, str] | None = None):
+        self.script = script
+        self.log_path = log_dir / f"{Path(script).stem}-{int(time.time() * 1000)}.log"
+        child_env = {**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1", **(env or {})}
+        child_env["PYTHONPATH"] = str(ROOT)
+        self._log = open(self.log_path, "wb")
+        self.process = subprocess.Popen(
+            [sys.executable, str(ROOT / script), *args],
+            cwd=ROOT,
+            env=child_env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def send_signal(self, sig: int) -> None:
+        if self.alive():
+            os.killpg(self.process.pid, sig)
+
+    def stop(self, timeout: float = 30.0, sig: int = signal.SIGTERM) -> int:
+        """Signal the whole process group and wait; SIGKILL when it does not exit."""
+        if self.alive():
+            try:
+                os.killpg(self.process.pid, sig)
+            except ProcessLookupError:
+                pass
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(10)
+        self._log.close()
+        return self.process.returncode
+
+    def kill(self) -> None:
+        self.stop(timeout=10, sig=signal.SIGKILL)
