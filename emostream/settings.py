@@ -104,6 +104,9 @@ class Settings:
     token_ttl_seconds: int = _doc("Lifetime of a viewer token.", 3600)
 
     # Operations
+    processor_metrics_port: int = _doc("Port of the processor's /healthz and /metrics.", 5100)
+    pubsub_metrics_port: int = _doc("Port of the main publisher's /healthz and /metrics.", 5101)
+    manager_port: int = _doc("Port of the subscriber manager's /healthz and /metrics.", 5102)
     state_dir: str = _doc("Folder of local state: broker data, logs, pids, checkpoints.", str(ROOT / "state"))
     jars_dir: str = _doc("Folder the Maven-resolved jars are copied into.", str(ROOT / "build" / "jars"))
     log_level: str = _doc("Logging level of the services.", "INFO")
