@@ -198,6 +198,16 @@ class BrokerNode:
             log.info("Kafka node %s already running (pid %s) on %s", self.node_id, self.pid(), self.bootstrap)
             self.wait_ready(timeout)
             return False
+        process, log_offset = self.launch()
+        self.wait_ready(timeout, log_offset=log_offset, process=process)
+        return True
+
+    def launch(self) -> tuple[subprocess.Popen, int]:
+        """Start the JVM without waiting for it; return it and where its part of the log begins.
+
+        The nodes of a multi-node quorum are launched together and then waited for, because
+        none of them finishes starting before a majority of the controllers is up.
+        """
         for port in (self.port, self.controller_port):
             if port_in_use(self.host, port):
                 raise KafkaError(
@@ -237,8 +247,7 @@ class BrokerNode:
         log.info(
             "starting Kafka node %s (pid %s) on %s, log %s", self.node_id, process.pid, self.bootstrap, self.log_file
         )
-        self.wait_ready(timeout, log_offset=offset, process=process)
-        return True
+        return process, offset
 
     def wait_ready(self, timeout: float, log_offset: int = 0, process: subprocess.Popen | None = None) -> None:
         deadline = time.monotonic() + timeout
