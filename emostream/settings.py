@@ -61,8 +61,14 @@ class Settings:
     ingest_port: int = _doc("Port of the ingest HTTP API.", 5000)
     ingest_workers: int = _doc("Ingest worker processes.", 2)
     ingest_threads: int = _doc("Threads per ingest worker.", 16)
+    ingest_worker_class: str = _doc("gunicorn worker class of ingest: gthread or gevent.", "gthread")
+    flush_max_events: int = _doc("Buffered emoji that make an ingest worker send before the interval ends.", 10_000)
     flush_interval_ms: int = _doc("How often ingest sends its buffer to Kafka.", 500)
     buffer_max: int = _doc("Emoji an ingest worker holds before it answers 503.", 200_000)
+    ingest_max_lag_ms: int = _doc(
+        "Wait of the oldest unsent emoji past its flush above which ingest answers 503 (keep it below the watermark).",
+        1500,
+    )
     batch_max_events: int = _doc("Largest array POST /emojis accepts.", 1000)
     max_body_bytes: int = _doc("Largest request body ingest accepts.", 262_144)
     rate_limit_per_user: float = _doc("Emoji per second one user_id may send (sustained).", 50.0)
@@ -72,6 +78,9 @@ class Settings:
     cors_origins: tuple[str, ...] = _doc(
         "Comma-separated origins allowed to call the APIs from a browser.",
         ("http://127.0.0.1:5001", "http://localhost:5001"),
+    )
+    ingest_public_url: str = _doc(
+        "Ingest URL the viewer page posts to; unset means the page's own host name on the ingest port.", ""
     )
 
     # Processor (emoji_processor.py)
@@ -104,6 +113,7 @@ class Settings:
     token_ttl_seconds: int = _doc("Lifetime of a viewer token.", 3600)
 
     # Operations
+    ops_host: str = _doc("Address of the publishers' and the manager's /healthz and /metrics.", "127.0.0.1")
     processor_metrics_port: int = _doc("Port of the processor's /healthz and /metrics.", 5100)
     pubsub_metrics_port: int = _doc("Port of the main publisher's /healthz and /metrics.", 5101)
     manager_port: int = _doc("Port of the subscriber manager's /healthz and /metrics.", 5102)

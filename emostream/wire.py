@@ -93,13 +93,14 @@ def validate_event(
     if missing:
         raise InvalidMessage(f"missing field(s): {', '.join(missing)}")
     user_id = payload["user_id"]
-    if not isinstance(user_id, str) or not USER_ID_RE.match(user_id):
+    # fullmatch, not match: "$" also matches before a trailing newline.
+    if not isinstance(user_id, str) or not USER_ID_RE.fullmatch(user_id):
         raise InvalidMessage("user_id must be 1-64 characters of letters, digits and _ . : @ -")
     emoji_type = payload["emoji_type"]
     if not isinstance(emoji_type, str) or emoji_type not in emoji_types:
         raise InvalidMessage(f"emoji_type must be one of {' '.join(emoji_types)}")
     event_id = payload.get("event_id", DEFAULT_EVENT_ID)
-    if not isinstance(event_id, str) or not EVENT_ID_RE.match(event_id):
+    if not isinstance(event_id, str) or not EVENT_ID_RE.fullmatch(event_id):
         raise InvalidMessage("event_id must be 1-64 characters of letters, digits and _ . -")
     timestamp = parse_timestamp(payload["timestamp"])
     if abs(timestamp - received_at) > skew_ms:

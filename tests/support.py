@@ -66,7 +66,7 @@ def wait_http(url: str, timeout: float = 30.0, process: subprocess.Popen | None 
             raise RuntimeError(f"the service exited with {process.returncode} before {url} answered")
         try:
             return requests.get(url, timeout=2)
-        except requests.ConnectionError as error:
+        except (requests.ConnectionError, requests.Timeout) as error:
             last_error = error
             time.sleep(0.2)
     raise TimeoutError(f"{url} did not answer within {timeout:.0f} s: {last_error}")

@@ -1,0 +1,226 @@
+"""The ingest HTTP API: ``POST /emoji``, ``POST /emojis``, ``GET /emoji-types``, health, metrics.
+
+A request is answered 202 only once all its emoji are in the worker's bounded buffer
+(:class:`~emostream.ingest.batcher.EmojiBatcher`); it never waits on Kafka itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from flask import Flask, current_app
+from flask_cors import CORS
+from werkzeug.exceptions import HTTPException
+
+from emostream import kafka
+from emostream.http import install_json_errors, json_body, metrics_response
+from emostream.ingest import metrics
+from emostream.ingest.batcher import EmojiBatcher, Offer
+from emostream.ingest.ratelimit import RateLimiter, retry_after_header
+from emostream.settings import Settings
+from emostream.wire import EmojiEvent, InvalidMessage, now_ms, validate_event
+
+log = logging.getLogger(__name__)
+
+EXTENSION = "emostream.ingest"
+
+_encode = kafka.JsonValues().serialize
+
+
+class Rejected(Exception):
+    """A request refused with ``status``; ``reason`` labels the rejected-requests metric."""
+
+    def __init__(self, status: int, reason: str, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
+        self.message = message
+        self.retry_after = retry_after
+
+
+class Ingest:
+    """What one worker's app holds: its settings, buffer and rate limiter."""
+
+    def __init__(self, settings: Settings, batcher: EmojiBatcher, limiter: RateLimiter):
+        self.settings = settings
+        self.batcher = batcher
+        self.limiter = limiter
+        self.emoji_types = frozenset(settings.emoji_types)
+        self.skew_ms = settings.timestamp_skew_seconds * 1000
+        self.max_lag = settings.ingest_max_lag_ms / 1000
+
+    def intake(self, many: bool) -> tuple[int, int]:
+        """Validate the request's emoji and buffer them all, or raise :class:`Rejected`.
+
+        Returns how many were accepted and the ``received_at`` stamped on them.
+        """
+        settings = self.settings
+        try:
+            payload = json_body(settings.max_body_bytes)
+        except HTTPException as error:
+            reason = {413: "body_too_large", 415: "not_json"}.get(error.code or 400, "bad_json")
+            raise Rejected(error.code or 400, reason, error.description or "bad request") from None
+        except RecursionError:
+            raise Rejected(400, "bad_json", "the JSON body is nested too deeply") from None
+
+        if many:
+            if not isinstance(payload, list):
+                raise Rejected(400, "wrong_shape", "POST /emojis takes a JSON array of emoji events")
+            if not payload:
+                raise Rejected(400, "empty_batch", "the array holds no emoji events")
+            if len(payload) > settings.batch_max_events:
+                raise Rejected(
+                    413,
+                    "too_many_events",
+                    f"at most {settings.batch_max_events} events per request, got {len(payload)}",
+                )
+            items = payload
+        else:
+            if not isinstance(payload, dict):
+                raise Rejected(
+                    400, "wrong_shape", "POST /emoji takes one event as a JSON object; send arrays to /emojis"
+                )
+            items = [payload]
+
+        received_at = now_ms()
+        events: list[EmojiEvent] = []
+        for index, item in enumerate(items):
+            try:
+                events.append(validate_event(item, self.emoji_types, received_at, self.skew_ms))
+            except InvalidMessage as error:
+                where = f"event {index}: " if many else ""
+                raise Rejected(400, "invalid_event", f"{where}{error}") from None
+
+        down_for = self.batcher.unavailable_for()
+        if down_for >= settings.kafka_unavailable_seconds:
+            raise Rejected(
+                503,
+                "kafka_unavailable",
+                f"Kafka has been unreachable for {down_for:.0f} s; try again later",
+                retry_after=settings.kafka_unavailable_seconds,
+            )
+
+        lag = self.batcher.lag()
+        if lag > self.max_lag:
+            raise Rejected(
+                503,
+                "lagging",
+                f"ingest is {lag:.1f} s behind in sending emoji to Kafka; try again shortly",
+                retry_after=1,
+            )
+
+        demand = {events[0].user_id: 1} if len(events) == 1 else Counter(event.user_id for event in events)
+        wait = self.limiter.acquire(demand)
+        if wait:
+            raise Rejected(
+                429,
+                "rate_limited",
+                f"too many emoji from one user_id (limit {self.limiter.rate:g}/s, burst {self.limiter.burst:g})",
+                retry_after=wait,
+            )
+
+        records = [(event.key, _encode(None, None, event.record())) for event in events]
+        offered = self.batcher.offer(records)
+        if offered is not Offer.ACCEPTED:
+            self.limiter.refund(demand)
+            if offered is Offer.CLOSED:
+                raise Rejected(503, "shutting_down", "ingest is shutting down; try again", retry_after=1)
+            raise Rejected(503, "buffer_full", "the ingest buffer is full; try again shortly", retry_after=1)
+        metrics.ACCEPTED.inc(len(records))
+        return len(records), received_at
+
+    def health(self) -> tuple[dict[str, Any], int]:
+        down_for = self.batcher.unavailable_for()
+        kafka_ok = down_for < self.settings.kafka_unavailable_seconds
+        body = {
+            "status": "ok" if kafka_ok else "kafka_unavailable",
+            "kafka": {
+                "bootstrap": self.settings.kafka_bootstrap,
+                "reachable": kafka_ok and self.batcher.probe_ok,
+                # Time since Kafka last acknowledged anything while emoji wait (or since probes fail).
+                "unreachable_seconds": round(down_for, 1),
+            },
+            "topic": self.settings.emoji_topic,
+            "buffered": self.batcher.held,
+            "lag_seconds": round(self.batcher.lag(), 2),
+            "capacity": self.settings.buffer_max,
+        }
+        return body, 200 if kafka_ok else 503
+
+
+def create_app(settings: Settings, batcher: EmojiBatcher | None = None) -> Flask:
+    """The ingest Flask app; it starts its buffer's flusher thread (one per process)."""
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.json.ensure_ascii = False  # emoji stay readable in /emoji-types
+    install_json_errors(app)
+    CORS(
+        app,
+        resources={r"/emoji.*": {"origins": list(settings.cors_origins)}},
+        expose_headers=["Retry-After"],
+        max_age=600,
+    )
+
+    if batcher is None:
+        batcher = EmojiBatcher(settings).start()
+    ingest = Ingest(settings, batcher, RateLimiter(settings.rate_limit_per_user, settings.rate_burst_per_user))
+    app.extensions[EXTENSION] = ingest
+
+    @app.post("/emoji")
+    def post_emoji():
+        return _answer("emoji", lambda: ingest.intake(many=False))
+
+    @app.post("/emojis")
+    def post_emojis():
+        return _answer("emojis", lambda: ingest.intake(many=True))
+
+    @app.get("/emoji-types")
+    def emoji_types():
+        return {"emoji_types": list(settings.emoji_types)}
+
+    @app.get("/healthz")
+    def healthz():
+        return ingest.health()
+
+    @app.get("/metrics")
+    def prometheus_metrics():
+        return metrics_response()
+
+    log.info(
+        "ingest app ready: topic %s, flush every %d ms, buffer %d, Kafka %s",
+        settings.emoji_topic,
+        settings.flush_interval_ms,
+        settings.buffer_max,
+        settings.kafka_bootstrap,
+    )
+    return app
+
+
+def _answer(endpoint: str, intake: Callable[[], tuple[int, int]]):
+    started = time.perf_counter()
+    try:
+        accepted, received_at = intake()
+        # received_at tells a client which window its emoji count in.
+        return {"accepted": accepted, "received_at": received_at}, 202
+    except Rejected as rejected:
+        metrics.REJECTED.labels(rejected.reason).inc()
+        headers = {}
+        if rejected.retry_after is not None:
+            headers["Retry-After"] = retry_after_header(rejected.retry_after)
+        return {"error": rejected.message}, rejected.status, headers
+    finally:
+        metrics.REQUEST_SECONDS.labels(endpoint).observe(time.perf_counter() - started)
+
+
+def ingest_of(app: Flask | None = None) -> Ingest:
+    """The :class:`Ingest` state of ``app`` (or of the current app)."""
+    return (app or current_app).extensions[EXTENSION]
+
+
+def shutdown(app: Flask, timeout: float) -> int:
+    """Flush ``app``'s buffer to Kafka before the process exits; returns emoji spooled instead."""
+    return ingest_of(app).batcher.close(timeout)

@@ -1,0 +1,500 @@
+"""The bounded buffer between HTTP requests and Kafka, and the thread that empties it.
+
+Request threads only append to a list under a lock (:meth:`EmojiBatcher.offer`); every
+``flush_interval_ms``, or sooner when ``flush_max_events`` wait, one flusher thread hands the
+buffered records to the durable producer. No request thread ever calls Kafka, so a slow or
+absent broker costs requests nothing but a 503 once the buffer is full, Kafka has been
+unreachable for ``kafka_unavailable_seconds``, or the oldest buffered emoji is
+``ingest_max_lag_ms`` late (see :meth:`EmojiBatcher.lag`).
+
+Delivery rules, which give "nothing accepted is lost, none twice":
+
+- A record stays counted against the buffer until Kafka acknowledges it.
+- A record the producer took is never sent again by us while its future is pending: the
+  idempotent producer retries it itself (same producer id and sequence number, so the
+  broker drops a copy it already has), for up to ``delivery_timeout_ms``.
+- Only a record the producer refused (``send`` raised) or whose future failed is sent
+  again. A failed future after ``delivery_timeout_ms`` (two minutes of outage) is one case
+  where the broker may already hold the record, so a duplicate can appear there.
+- On shutdown whatever Kafka has not acknowledged within the grace period is written to
+  a spool file in ``state_dir``; the next ingest start sends it first. A record cut off
+  while its produce request was on the wire is the other case that can duplicate.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from emostream import kafka
+from emostream.ingest import metrics
+from emostream.settings import Settings
+
+log = logging.getLogger(__name__)
+
+Record = tuple[str, bytes]  # (Kafka key, JSON value)
+
+# How often a flush yields to request threads while it hands records to the producer.
+YIELD_EVERY = 200
+
+
+class Future(Protocol):
+    is_done: bool
+    exception: BaseException | None
+
+    def succeeded(self) -> bool: ...
+
+
+class Producer(Protocol):
+    def send(self, topic: str, value: Any = None, key: Any = None) -> Future: ...
+
+    def flush(self, timeout: float | None = None) -> None: ...
+
+    def close(self, timeout: float | None = None) -> None: ...
+
+
+class Offer(enum.Enum):
+    ACCEPTED = "accepted"
+    FULL = "full"
+    CLOSED = "closed"
+
+
+def ingest_producer(settings: Settings) -> Producer:
+    """The durable producer, with short blocking limits so the flusher stays responsive."""
+    limit_ms = int(max(1.0, min(settings.kafka_unavailable_seconds, 5.0)) * 1000)
+    return kafka.producer(
+        settings,
+        client_id="emostream-ingest",
+        max_block_ms=limit_ms,
+        bootstrap_timeout_ms=limit_ms,
+    )
+
+
+def admin_probe(settings: Settings) -> Callable[[], bool]:
+    """A check that the cluster answers, for when no records are on their way to reveal it."""
+    timeout_ms = int(max(1.0, min(settings.kafka_unavailable_seconds, 5.0)) * 1000)
+    state: dict[str, Any] = {"admin": None}
+
+    def probe() -> bool:
+        try:
+            if state["admin"] is None:
+                state["admin"] = kafka.admin(
+                    settings,
+                    client_id="emostream-ingest-probe",
+                    request_timeout_ms=timeout_ms,
+                    bootstrap_timeout_ms=timeout_ms,
+                )
+            state["admin"].describe_cluster()
+            return True
+        except Exception as error:  # any failure means "not reachable now"; the next probe retries
+            log.debug("Kafka probe failed: %s", error)
+            if state["admin"] is not None:
+                try:
+                    state["admin"].close()
+                except Exception:
+                    pass
+                state["admin"] = None
+            return False
+
+    return probe
+
+
+class EmojiBatcher:
+    """Accepted emoji on their way to ``emoji_topic``; one per worker process."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        producer_factory: Callable[[], Producer] | None = None,
+        probe: Callable[[], bool] | None = None,
+        probe_interval: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        # ``clock`` only measures how long Kafka has been unreachable; ticks use real time.
+        self.topic = settings.emoji_topic
+        self.capacity = settings.buffer_max
+        self.interval = settings.flush_interval_ms / 1000
+        self.flush_max = max(1, settings.flush_max_events)
+        self.spool_dir = Path(settings.state_dir) / "ingest-spool"
+        self.give_up_after = settings.kafka_unavailable_seconds
+        self._producer_factory = producer_factory or (lambda: ingest_producer(settings))
+        self._probe = probe if probe is not None else admin_probe(settings)
+        self._probe_interval = probe_interval
+        self._clock = clock
+
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._pending: list[Record] = []  # accepted, not yet handed to the producer (request threads append)
+        self._held = 0  # every emoji not yet acknowledged: what counts against the capacity
+        # [arrival time, emoji] per accepted request, oldest first; acknowledgements consume it in
+        # order (Kafka acknowledges roughly first in, first out), so its head dates the oldest emoji.
+        self._arrivals: deque[list] = deque()
+        self._closing = False
+
+        # Owned by the flusher thread.
+        self._retry: list[Record] = []  # refused or failed: sent before newer records
+        self._in_flight: list[tuple[Future, str, bytes]] = []
+        self._progress_cursor = 0  # in-flight records before this index are known to be done
+        self._producer: Producer | None = None
+
+        # Read by request threads; written by one thread each.
+        self._waiting_since: float | None = None  # records wait for Kafka with no acknowledgement since
+        self._last_progress = clock()
+        self._probe_down_since: float | None = None
+
+        self._stopped = threading.Event()
+        self._flusher = threading.Thread(target=self._run, name="emoji-flusher", daemon=True)
+        self._prober = threading.Thread(target=self._probe_loop, name="kafka-probe", daemon=True)
+        self._drain_deadline = 0.0
+        self.undelivered = 0
+
+    # ------------------------------------------------------------------ request threads
+
+    def start(self) -> EmojiBatcher:
+        self._flusher.start()
+        self._prober.start()
+        return self
+
+    def offer(self, records: Sequence[Record]) -> Offer:
+        """Take all of ``records`` into the buffer, or none of them when it has no room."""
+        with self._lock:
+            if self._closing:
+                return Offer.CLOSED
+            if self._held + len(records) > self.capacity:
+                return Offer.FULL
+            self._pending.extend(records)
+            self._held += len(records)
+            self._arrivals.append([self._clock(), len(records)])
+            if len(self._pending) >= self.flush_max:
+                self._wake.notify()
+        return Offer.ACCEPTED
+
+    def unavailable_for(self) -> float:
+        """Seconds Kafka has been unreachable (no acknowledgement while records wait, or probes fail)."""
+        now = self._clock()
+        since = self._waiting_since
+        probe_since = self._probe_down_since
+        # A probe failure counts only until Kafka acknowledges something after it.
+        if probe_since is not None and probe_since >= self._last_progress and (since is None or probe_since < since):
+            since = probe_since
+        return 0.0 if since is None else max(0.0, now - since)
+
+    def lag(self) -> float:
+        """How long the oldest held emoji has waited beyond its flush interval (0 when on time).
+
+        The processor counts emoji by ``received_at`` and drops those later than its watermark,
+        so a buffer that falls behind must refuse emoji rather than deliver them too late.
+        """
+        with self._lock:
+            if not self._arrivals:
+                return 0.0
+            oldest = self._arrivals[0][0]
+        return max(0.0, self._clock() - oldest - self.interval)
+
+    @property
+    def probe_ok(self) -> bool:
+        """The last connectivity probe reached the cluster."""
+        return self._probe_down_since is None
+
+    @property
+    def held(self) -> int:
+        return self._held
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._in_flight)
+
+    # ------------------------------------------------------------------ shutdown
+
+    def close(self, timeout: float = 20.0) -> int:
+        """Stop taking emoji, send what is held, wait up to ``timeout`` s for Kafka; spool the rest.
+
+        Returns the number of emoji that went to the spool instead of Kafka.
+        """
+        with self._lock:
+            if self._closing:
+                return self.undelivered
+            self._closing = True
+            self._drain_deadline = time.monotonic() + timeout
+            self._wake.notify()
+        self._stopped.set()
+        if self._flusher.is_alive():
+            self._flusher.join(timeout + 10)
+        else:
+            self._drain()  # never started: nothing can be in flight, but pending may hold emoji
+        return self.undelivered
+
+    # ------------------------------------------------------------------ flusher thread
+
+    def _run(self) -> None:
+        try:
+            self._load_spool()
+        except OSError as error:  # an unreadable spool folder must not stop this worker's deliveries
+            log.error("cannot read the spool in %s: %s", self.spool_dir, error)
+        self._connect()  # early, so the first requests' flush does not wait for the bootstrap
+        next_flush = time.monotonic() + self.interval
+        while True:
+            with self._lock:
+                while not self._closing and len(self._pending) < self.flush_max:
+                    remaining = next_flush - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._wake.wait(remaining)
+                closing = self._closing
+            next_flush = time.monotonic() + self.interval
+            try:
+                if closing:
+                    self._drain()
+                    return
+                self._tick()
+            except Exception:
+                # A bug here must not silently stop deliveries: log it and keep ticking.
+                log.exception("flusher tick failed; records stay buffered")
+                time.sleep(min(self.interval, 1.0))
+
+    def _tick(self) -> None:
+        self._collect()
+        with self._lock:
+            batch, self._pending = self._pending, []
+        if self._retry:
+            batch, self._retry = self._retry + batch, []
+        self._send(batch)
+        metrics.BUFFERED.set(self._held)
+        metrics.KAFKA_DOWN_SECONDS.set(self.unavailable_for())
+        metrics.LAG_SECONDS.set(self.lag())
+
+    def _send(self, batch: list[Record]) -> None:
+        if not batch:
+            return
+        if self._waiting_since is None:
+            self._waiting_since = self._clock()  # from now these records wait for Kafka
+        producer = self._connect()
+        if producer is None:
+            self._retry.extend(batch)
+            self._note_waiting()
+            return
+        topic = self.topic
+        in_flight = self._in_flight
+        for index, (key, value) in enumerate(batch):
+            try:
+                future = producer.send(topic, key=key, value=value)
+            except Exception as error:
+                # Refused before the producer took it (no metadata within max_block_ms, closed
+                # producer): these records are certainly not in Kafka, so sending them again is safe.
+                left = batch[index:]
+                self._retry.extend(left)
+                metrics.SEND_ERRORS.inc(len(left))
+                log.warning("producer refused %d emoji (%s); they stay buffered", len(left), error)
+                if not _retriable(error):
+                    self._reset_producer()
+                break
+            in_flight.append((future, key, value))
+            if index % YIELD_EVERY == YIELD_EVERY - 1:
+                self._observe_progress()
+                time.sleep(0)  # let request threads (or greenlets) run during a long hand-over
+        self._note_waiting()
+
+    def _collect(self) -> int:
+        """Account for records Kafka acknowledged; queue the failed ones to be sent again."""
+        if not self._in_flight:
+            self._note_waiting()
+            return 0
+        still: list[tuple[Future, str, bytes]] = []
+        delivered = 0
+        failed: list[Record] = []
+        first_error: BaseException | None = None
+        for entry in self._in_flight:
+            future = entry[0]
+            if not future.is_done:
+                still.append(entry)
+            elif future.exception is None:
+                delivered += 1
+            else:
+                failed.append((entry[1], entry[2]))
+                first_error = first_error or future.exception
+        self._in_flight = still
+        self._progress_cursor = 0
+        if failed:
+            # The delivery timeout passed: Kafka may or may not hold these. Losing them is worse
+            # than a rare duplicate, so they go again, ahead of newer records.
+            self._retry[:0] = failed
+            metrics.SEND_ERRORS.inc(len(failed))
+            log.warning("Kafka did not acknowledge %d emoji (%s); sending them again", len(failed), first_error)
+        if delivered:
+            with self._lock:
+                self._held -= delivered
+                self._forget_arrivals(delivered)
+            metrics.SENT.inc(delivered)
+            self._last_progress = self._clock()
+            self._waiting_since = None
+        self._note_waiting()
+        return delivered
+
+    def _forget_arrivals(self, count: int) -> None:
+        arrivals = self._arrivals
+        while count > 0 and arrivals:
+            head = arrivals[0]
+            if head[1] <= count:
+                count -= head[1]
+                arrivals.popleft()
+            else:
+                head[1] -= count
+                count = 0
+
+    def _observe_progress(self) -> None:
+        """Note acknowledgements that arrive during a long hand-over, so it cannot look like an outage."""
+        in_flight, cursor = self._in_flight, self._progress_cursor
+        while cursor < len(in_flight) and in_flight[cursor][0].is_done:
+            cursor += 1
+        if cursor > self._progress_cursor:
+            self._last_progress = self._waiting_since = self._clock()
+        self._progress_cursor = cursor
+
+    def _note_waiting(self) -> None:
+        if self._in_flight or self._retry:
+            if self._waiting_since is None:
+                self._waiting_since = self._clock()
+        else:
+            self._waiting_since = None
+
+    def _connect(self) -> Producer | None:
+        if self._producer is None:
+            try:
+                self._producer = self._producer_factory()
+                log.info("connected to Kafka; sending to %s", self.topic)
+            except Exception as error:
+                log.warning("cannot create a Kafka producer yet (%s); emoji stay buffered", error)
+                return None
+        return self._producer
+
+    def _reset_producer(self) -> None:
+        producer, self._producer = self._producer, None
+        if producer is None:
+            return
+        # Records still pending in the old producer are not lost: its futures fail on close
+        # and _collect queues them again.
+        close_now(producer)
+
+    def _drain(self) -> None:
+        """Shutdown: send everything and wait for acknowledgements; spool the rest.
+
+        The wait ends at the deadline, or sooner once Kafka has been unreachable for
+        ``kafka_unavailable_seconds``: waiting longer would only delay the spool.
+        """
+        with self._lock:
+            batch, self._pending = self._pending, []
+        batch, self._retry = self._retry + batch, []
+        self._send(batch)
+        while time.monotonic() < self._drain_deadline and self.unavailable_for() < self.give_up_after:
+            if self._producer is not None and self._in_flight:
+                try:
+                    self._producer.flush(timeout=max(0.1, min(1.0, self._drain_deadline - time.monotonic())))
+                except Exception:
+                    pass  # flush timed out: collect what did arrive and go on until the deadline
+            self._collect()
+            if not self._in_flight and not self._retry:
+                break
+            if self._retry:
+                retry, self._retry = self._retry, []
+                self._send(retry)
+                if self._retry:
+                    time.sleep(0.2)
+        # Close first (without waiting: the grace period is over), so nothing the producer still
+        # holds can reach Kafka after it has been counted as spooled.
+        if self._producer is not None:
+            close_now(self._producer)
+            self._producer = None
+        self._collect()
+        leftover = self._retry + [(key, value) for _, key, value in self._in_flight]
+        self._retry, self._in_flight = [], []
+        self.undelivered = len(leftover)
+        if leftover:
+            self._write_spool(leftover)
+        metrics.BUFFERED.set(0)
+        log.info("emoji flusher stopped; %d emoji spooled for the next start", len(leftover))
+
+    # ------------------------------------------------------------------ spool
+
+    def _write_spool(self, records: Iterable[Record]) -> None:
+        records = list(records)
+        self.spool_dir.mkdir(parents=True, exist_ok=True)
+        final = self.spool_dir / f"ingest-{os.getpid()}-{time.time_ns()}.jsonl"
+        partial = final.with_suffix(".partial")
+        with open(partial, "w", encoding="utf-8") as out:
+            for key, value in records:
+                out.write(json.dumps([key, value.decode()], ensure_ascii=False) + "\n")
+            out.flush()
+            os.fsync(out.fileno())
+        partial.rename(final)  # readers only ever see complete files
+        metrics.SPOOLED.inc(len(records))
+        log.error(
+            "Kafka did not acknowledge %d emoji before shutdown; spooled to %s for the next start",
+            len(records),
+            final,
+        )
+
+    def _load_spool(self) -> None:
+        if not self.spool_dir.is_dir():
+            return
+        for path in sorted(self.spool_dir.glob("ingest-*.jsonl")):
+            claimed = path.with_name(f"{path.name}.{os.getpid()}.loading")
+            try:
+                path.rename(claimed)  # atomic: another worker that lost the race skips the file
+            except OSError:
+                continue
+            records: list[Record] = []
+            try:
+                with open(claimed, encoding="utf-8") as spooled:
+                    for line in spooled:
+                        if line.strip():
+                            key, value = json.loads(line)
+                            records.append((str(key), str(value).encode()))
+            except (OSError, ValueError) as error:
+                claimed.rename(path.with_suffix(".bad"))
+                log.error("spool file %s is unreadable (%s); kept as %s", path.name, error, path.with_suffix(".bad"))
+                continue
+            with self._lock:
+                self._held += len(records)
+                self._arrivals.appendleft([self._clock(), len(records)])
+            self._retry.extend(records)
+            claimed.unlink()
+            log.info("re-sending %d emoji spooled by an earlier shutdown (%s)", len(records), path.name)
+
+    # ------------------------------------------------------------------ probe thread
+
+    def _probe_loop(self) -> None:
+        while not self._stopped.wait(self._probe_interval):
+            started = self._clock()
+            if self._probe():
+                self._probe_down_since = None
+            elif self._probe_down_since is None:
+                self._probe_down_since = started
+
+
+def close_now(producer: Producer) -> None:
+    """Close without waiting; records the producer still holds fail their futures."""
+    try:
+        producer.close(timeout=0)
+        return
+    except Exception:
+        pass
+    # kafka-python's close() flushes first and raises when that times out, leaving the
+    # producer running; stop its sender thread the way close() would have.
+    sender = getattr(producer, "_sender", None)
+    if sender is not None:
+        sender.force_close()
+        sender.join(5)
+
+
+def _retriable(error: BaseException) -> bool:
+    from kafka.errors import KafkaTimeoutError, RetriableError
+
+    return isinstance(error, KafkaTimeoutError | RetriableError)

@@ -1,0 +1,246 @@
+"""The ingest buffer's delivery rules, against a scripted producer (pure logic, no broker).
+
+The real-broker behaviour (broker restart, SIGTERM) is in tests/integration/test_ingest_*.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from kafka.errors import KafkaTimeoutError
+
+from emostream.ingest.batcher import EmojiBatcher, Offer
+from emostream.settings import Settings
+
+
+class FakeFuture:
+    def __init__(self) -> None:
+        self.is_done = False
+        self.exception: BaseException | None = None
+
+    def succeeded(self) -> bool:
+        return self.is_done and self.exception is None
+
+
+class ScriptedProducer:
+    """Acknowledges at once, or holds acknowledgements (``hold``), or refuses sends (``refuse``)."""
+
+    def __init__(self, hold: bool = False, refuse: int = 0) -> None:
+        self.hold = hold
+        self.refuse = refuse
+        self.sent: list[tuple[str, bytes, FakeFuture]] = []
+        self.closed = False
+
+    def send(self, topic: str, value: bytes | None = None, key: str | None = None) -> FakeFuture:
+        if self.refuse > 0:
+            self.refuse -= 1
+            raise KafkaTimeoutError("Failed to update metadata")
+        future = FakeFuture()
+        future.is_done = not self.hold
+        self.sent.append((key, value, future))
+        return future
+
+    def acknowledge(self, error: BaseException | None = None) -> None:
+        for _, _, future in self.sent:
+            if not future.is_done:
+                future.exception = error
+                future.is_done = True
+
+    def flush(self, timeout: float | None = None) -> None:
+        if any(not future.is_done for _, _, future in self.sent):
+            raise KafkaTimeoutError("Timeout waiting for future")
+
+    def close(self, timeout: float | None = None) -> None:
+        self.closed = True
+        self.acknowledge(KafkaTimeoutError("producer closed"))
+
+    def keys(self) -> list[str]:
+        return [key for key, _, _ in self.sent]
+
+    def acknowledged_keys(self) -> list[str]:
+        return [key for key, _, future in self.sent if future.succeeded()]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def eventually(condition, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition did not hold in time")
+        time.sleep(0.005)
+
+
+def make_settings(tmp_path: Path, **changes) -> Settings:
+    values = dict(state_dir=str(tmp_path), flush_interval_ms=10, buffer_max=1000, flush_max_events=10_000)
+    values.update(changes)
+    return Settings.from_env(environ={}, **values)
+
+
+def records(prefix: str, n: int) -> list[tuple[str, bytes]]:
+    return [(f"live|{prefix}{i}", b'{"n":%d}' % i) for i in range(n)]
+
+
+@pytest.fixture
+def running():
+    started: list[EmojiBatcher] = []
+
+    def start(settings: Settings, producer: ScriptedProducer, probe=lambda: True, clock=time.monotonic):
+        batcher = EmojiBatcher(settings, lambda: producer, probe=probe, probe_interval=0.01, clock=clock)
+        started.append(batcher.start())
+        return batcher
+
+    yield start
+    for batcher in started:
+        batcher.close(timeout=1)
+
+
+def test_offer_takes_all_records_or_none_when_the_buffer_is_full(tmp_path):
+    batcher = EmojiBatcher(make_settings(tmp_path, buffer_max=5), lambda: ScriptedProducer(), probe=lambda: True)
+
+    assert batcher.offer(records("a", 3)) is Offer.ACCEPTED
+    assert batcher.offer(records("b", 3)) is Offer.FULL
+    assert batcher.held == 3
+    assert batcher.offer(records("c", 2)) is Offer.ACCEPTED
+    assert batcher.held == 5
+
+
+def test_buffered_records_reach_the_producer_once_each_in_order(tmp_path, running):
+    producer = ScriptedProducer()
+    batcher = running(make_settings(tmp_path), producer)
+    sent = records("a", 50) + records("b", 50)
+
+    batcher.offer(sent[:50])
+    batcher.offer(sent[50:])
+    eventually(lambda: batcher.held == 0)
+
+    assert producer.keys() == [key for key, _ in sent]
+
+
+def test_records_the_producer_refused_are_sent_again_in_order_and_once(tmp_path, running):
+    producer = ScriptedProducer(refuse=3)
+    batcher = running(make_settings(tmp_path), producer)
+    sent = records("u", 20)
+
+    batcher.offer(sent)
+    eventually(lambda: batcher.held == 0)
+
+    assert producer.keys() == [key for key, _ in sent]
+
+
+def test_records_awaiting_acknowledgement_are_never_sent_a_second_time(tmp_path, running):
+    producer = ScriptedProducer(hold=True)
+    batcher = running(make_settings(tmp_path), producer)
+
+    batcher.offer(records("u", 10))
+    eventually(lambda: len(producer.sent) == 10)
+    time.sleep(0.2)  # twenty flush intervals with the acknowledgements outstanding
+
+    assert len(producer.sent) == 10
+    assert batcher.held == 10
+    producer.acknowledge()
+    eventually(lambda: batcher.held == 0)
+    assert len(producer.sent) == 10
+
+
+def test_records_whose_delivery_failed_are_sent_again_until_acknowledged(tmp_path, running):
+    producer = ScriptedProducer(hold=True)
+    batcher = running(make_settings(tmp_path), producer)
+    sent = records("u", 5)
+
+    batcher.offer(sent)
+    eventually(lambda: len(producer.sent) == 5)
+    producer.hold = False
+    producer.acknowledge(KafkaTimeoutError("Expiring 5 record(s): 120000 ms has passed since batch creation"))
+    eventually(lambda: batcher.held == 0)
+
+    assert producer.acknowledged_keys() == [key for key, _ in sent]
+
+
+def test_kafka_counts_as_unavailable_while_records_wait_without_acknowledgement(tmp_path, running):
+    clock = Clock()
+    producer = ScriptedProducer(hold=True)
+    batcher = running(make_settings(tmp_path), producer, clock=clock)
+
+    assert batcher.unavailable_for() == 0.0
+    batcher.offer(records("u", 3))
+    eventually(lambda: len(producer.sent) == 3)
+    clock.now += 7
+    assert batcher.unavailable_for() == pytest.approx(7)
+
+    producer.acknowledge()
+    eventually(lambda: batcher.held == 0)
+    assert batcher.unavailable_for() == 0.0
+
+
+def test_a_failing_probe_makes_kafka_unavailable_while_idle_until_it_succeeds(tmp_path, running):
+    clock = Clock()
+    reachable = {"now": False}
+    batcher = running(make_settings(tmp_path), ScriptedProducer(), probe=lambda: reachable["now"], clock=clock)
+
+    def time_passes_while_unreachable() -> bool:
+        clock.now += 1
+        return batcher.unavailable_for() >= 3
+
+    eventually(time_passes_while_unreachable)
+
+    reachable["now"] = True
+    eventually(lambda: batcher.unavailable_for() == 0.0)
+
+
+def test_close_sends_the_buffer_at_once_without_waiting_for_the_interval(tmp_path):
+    producer = ScriptedProducer()
+    batcher = EmojiBatcher(make_settings(tmp_path, flush_interval_ms=600_000), lambda: producer, probe=lambda: True)
+    batcher.start()
+    batcher.offer(records("u", 25))
+
+    assert batcher.close(timeout=5) == 0
+    assert len(producer.acknowledged_keys()) == 25
+    assert batcher.offer(records("late", 1)) is Offer.CLOSED
+
+
+def test_what_kafka_did_not_acknowledge_by_shutdown_is_spooled_and_sent_first_on_the_next_start(tmp_path):
+    settings = make_settings(tmp_path)
+    stuck = ScriptedProducer(hold=True)
+    first = EmojiBatcher(settings, lambda: stuck, probe=lambda: True).start()
+    first.offer(records("old", 4))
+    eventually(lambda: len(stuck.sent) == 4)
+
+    assert first.close(timeout=0.2) == 4
+    assert len(list((tmp_path / "ingest-spool").glob("ingest-*.jsonl"))) == 1
+
+    healthy = ScriptedProducer()
+    second = EmojiBatcher(settings, lambda: healthy, probe=lambda: True).start()
+    second.offer(records("new", 2))
+    eventually(lambda: len(healthy.sent) == 6)
+    second.close(timeout=1)
+
+    assert healthy.keys() == [key for key, _ in records("old", 4) + records("new", 2)]
+    assert [value for _, value, _ in healthy.sent[:4]] == [value for _, value in records("old", 4)]
+    assert list((tmp_path / "ingest-spool").glob("ingest-*")) == []
+
+
+def test_lag_is_how_long_the_oldest_held_emoji_has_waited_beyond_its_flush(tmp_path, running):
+    clock = Clock()
+    producer = ScriptedProducer(hold=True)
+    batcher = running(make_settings(tmp_path, flush_interval_ms=10), producer, clock=clock)
+
+    assert batcher.lag() == 0.0
+    batcher.offer(records("old", 3))
+    clock.now += 1
+    batcher.offer(records("new", 2))
+    clock.now += 2
+    assert batcher.lag() == pytest.approx(3 - 0.01)
+
+    eventually(lambda: len(producer.sent) == 5)
+    producer.acknowledge()
+    eventually(lambda: batcher.held == 0)
+    assert batcher.lag() == 0.0
