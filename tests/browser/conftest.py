@@ -1,0 +1,218 @@
+"""Browser tests: Debian's headless Chromium, driven by Playwright, against the whole stack.
+
+One stack serves every browser test of this package (Spark takes a while to start):
+the processor, ingest, registration (which serves the pages), the main publisher and the
+subscriber manager with 2 clusters x 2 nodes, each a child process on free ports.
+Screenshots land in test-artifacts/browser/; with EMOSTREAM_UPDATE_SCREENSHOTS=1 they are
+also copied to docs/screenshots/, the ones the README shows.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import requests
+
+from emostream import kafka, webui
+from emostream.settings import ROOT
+from tests.conftest import unique_topics
+from tests.stack import Stack, stack_settings
+from tests.support import read_topic
+
+CHROMIUM = Path(os.environ.get("EMOSTREAM_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ARTIFACTS = ROOT / "test-artifacts" / "browser"
+SCREENSHOTS = ROOT / "docs" / "screenshots"
+DESKTOP = {"width": 1366, "height": 900}
+PHONE = {"width": 390, "height": 844}
+
+
+def _missing(reason: str) -> None:
+    # On CI a missing browser is a broken set-up, not a reason to skip silently.
+    if os.environ.get("CI"):
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def browser():
+    if not CHROMIUM.is_file() and os.environ.get("CI") and os.geteuid() == 0:
+        # A fresh CI machine: the project's own installer fetches Debian's package.
+        subprocess.run([str(ROOT / "bin" / "setup-browser")], check=False, timeout=600)
+    if not CHROMIUM.is_file():
+        _missing(f"{CHROMIUM} is missing: run bin/setup-browser")
+    if not (webui.SOCKETIO_DIST / "socket.io.min.js").is_file():
+        _missing("web/node_modules is missing: run bin/setup")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture(scope="package")
+def web_stack(base_settings, tmp_path_factory) -> Iterator[Stack]:
+    state = tmp_path_factory.mktemp("browser-stack")
+    settings = stack_settings(
+        unique_topics(base_settings),
+        clusters=2,
+        subscribers_per_cluster=2,
+        trigger_ms=300,
+        checkpoint_dir=str(state / "checkpoint"),
+        state_dir=str(state),
+    )
+    # The pages are served by registration: its origin is the one the browser calls from.
+    settings = settings.replace(cors_origins=(f"http://127.0.0.1:{settings.registration_port}",))
+    kafka.ensure_topics(settings)
+    log_dir = state / "logs"
+    log_dir.mkdir()
+    stack = Stack(settings, log_dir)
+    try:
+        stack.start(timeout=240)
+        page = requests.get(f"{stack.registration_url}/", timeout=10)
+        assert page.status_code == 200 and b"emoji-buttons" in page.content, (
+            f"registration does not serve the viewer page (HTTP {page.status_code}): "
+            "its app must mount emostream.webui.blueprint(settings)"
+        )
+        warm_up(stack)
+    except Exception:
+        print(stack.logs())
+        stack.stop()
+        raise
+    yield stack
+    stack.stop()
+
+
+def warm_up(stack: Stack, timeout: float = 240.0) -> None:
+    """Wait until one emoji has gone all the way to the aggregate topic.
+
+    A fresh processor's first micro-batches take many seconds (Spark compiles its plans);
+    the tests should measure a running pipeline, not a starting one.
+    """
+    event = event_id("warmup")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        emoji = {"user_id": "warmup", "emoji_type": "🔥", "timestamp": time.time_ns() // 1_000_000, "event_id": event}
+        requests.post(f"{stack.ingest_url}/emoji", json=emoji, timeout=10).raise_for_status()
+        records = read_topic(
+            stack.settings,
+            stack.settings.aggregate_topic,
+            until=lambda records: any(r.value.get("event_id") == event for r in records if isinstance(r.value, dict)),
+            timeout=min(30.0, max(1.0, deadline - time.monotonic())),
+        )
+        if any(isinstance(r.value, dict) and r.value.get("event_id") == event for r in records):
+            return
+    raise TimeoutError(f"no aggregate reached {stack.settings.aggregate_topic} within {timeout:.0f} s")
+
+
+@dataclass
+class Viewer:
+    """One browser tab on the viewer page, with what its console said."""
+
+    page: object
+    errors: list[str] = field(default_factory=list)
+
+    def locator(self, selector: str, **options):
+        return self.page.locator(selector, **options)
+
+    def button(self, name: str):
+        return self.page.get_by_role("button", name=f"Send {name}", exact=True)
+
+    def node(self) -> str:
+        return self.page.locator("#status-node").inner_text()
+
+    def fire_count(self):
+        return self.page.locator('#window-counts li[data-emoji="🔥"] .wc-count')
+
+
+@pytest.fixture
+def open_page(browser, web_stack: Stack) -> Iterator[Callable[..., Viewer]]:
+    """Open a page of the stack in a fresh browser context (its own storage: its own viewer id)."""
+    contexts = []
+
+    def open_(path: str = "/", viewport: dict | None = None) -> Viewer:
+        context = browser.new_context(viewport=viewport or DESKTOP, device_scale_factor=1)
+        contexts.append(context)
+        page = context.new_page()
+        viewer = Viewer(page)
+        page.on("console", lambda message: message.type == "error" and viewer.errors.append(message.text))
+        page.on("pageerror", lambda error: viewer.errors.append(str(error)))
+        page.goto(f"{web_stack.registration_url}{path}")
+        return viewer
+
+    yield open_
+    for context in contexts:
+        context.close()
+
+
+@pytest.fixture
+def open_viewer(open_page) -> Callable[..., Viewer]:
+    """A viewer page on ``event``, connected to its subscriber node."""
+    from playwright.sync_api import expect
+
+    def open_(event: str, viewport: dict | None = None) -> Viewer:
+        viewer = open_page(f"/?event={event}", viewport)
+        expect(viewer.locator("#status-connection")).to_have_attribute("data-state", "connected", timeout=30_000)
+        expect(viewer.locator("#status-event")).to_have_text(event)
+        return viewer
+
+    return open_
+
+
+def event_id(tag: str) -> str:
+    return f"{tag}-{uuid.uuid4().hex[:8]}"
+
+
+def wait_for_window_start(window_ms: int, earliest: int = 100, latest: int = 500) -> int:
+    """Sleep until early in a window, so a few quick taps all land in it; return its start."""
+    while True:
+        now = time.time_ns() // 1_000_000
+        position = now % window_ms
+        if earliest <= position <= latest:
+            return now - position
+        time.sleep(((earliest - position) % window_ms) / 1000 + 0.001)
+
+
+def wait_until(page, expression: str, timeout: float = 30.0) -> None:
+    """Poll a JavaScript expression until it is true (page.wait_for_function would need eval, which the CSP forbids)."""
+    deadline = time.monotonic() + timeout
+    while not page.evaluate(expression):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"still false after {timeout:.0f} s: {expression}")
+        time.sleep(0.25)
+
+
+def screenshot(page, name: str, full_page: bool = False) -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=full_page)
+    if os.environ.get("EMOSTREAM_UPDATE_SCREENSHOTS") == "1":
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, SCREENSHOTS / path.name)
+    return path
+
+
+def membership(stack: Stack) -> list[dict]:
+    body = requests.get(f"{stack.registration_url}/subscribers", timeout=5).json()
+    nodes = body.get("subscribers", body) if isinstance(body, dict) else body
+    return list(nodes.values()) if isinstance(nodes, dict) else nodes
