@@ -1,0 +1,519 @@
+"""How fast the emoji processor catches up, and how its micro-batches behave under steady load.
+
+    .venv/bin/python bench/processor_bench.py                  # 2 M backlog, then 20 k emoji/s for 60 s
+    .venv/bin/python bench/processor_bench.py --emoji 500000 --steady-seconds 20 --configs tuned
+
+For each configuration, on topics of its own:
+ 1. pre-load ``emoji_topic`` with N emoji (received_at spread as if ingest took them at
+    the steady rate while the processor was down), through Kafka's console producer;
+ 2. start the processor (``emoji_processor.create_processor``, the same query the script
+    runs, in a child process with its own JVM) and time how long it takes to count them;
+ 3. send new emoji at a steady rate for a bounded time and record every micro-batch's
+    duration against the trigger interval;
+ 4. stop it with SIGTERM; meanwhile the driver JVM's CPU time and peak resident memory
+    (VmHWM) are sampled.
+
+Configurations: ``tuned`` (spark.sql.shuffle.partitions = cores, the project's default)
+and the same-run baseline ``default-200`` (Spark's default of 200 partitions).
+Timings come from Spark's own progress reports. The machine's load average is printed:
+on shared cores wall-clock rates fall with other work, the CPU-time figures much less.
+The broker is EMOSTREAM_KAFKA_BOOTSTRAP; the bench deletes its topics when it ends.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from emostream import kafka  # noqa: E402
+from emostream.settings import Settings  # noqa: E402
+
+EVENTS = 10
+USERS = 50_000
+NAN = float("nan")
+
+
+# --------------------------------------------------------------------------- load
+
+
+def emoji_lines(settings: Settings, first: int, count: int, received_at: Any, poison_every: int = 0) -> str:
+    """``key\\tvalue`` lines for the console producer; ``received_at(i)`` stamps emoji i."""
+    emoji = settings.emoji_types
+    lines = []
+    for i in range(first, first + count):
+        event_id = f"match-{i % EVENTS}"
+        user_id = f"viewer-{(i * 7919) % USERS}"
+        kind = "🍕" if poison_every and i % poison_every == poison_every - 1 else emoji[(i * 31) % len(emoji)]
+        at = received_at(i)
+        lines.append(
+            f'{event_id}|{user_id}\t{{"user_id":"{user_id}","emoji_type":"{kind}",'
+            f'"timestamp":{at},"event_id":"{event_id}","received_at":{at}}}\n'
+        )
+    return "".join(lines)
+
+
+def console_producer(settings: Settings) -> subprocess.Popen:
+    """Kafka's own producer reading stdin: a JVM client, so the load costs little Python CPU."""
+    return subprocess.Popen(
+        [
+            str(ROOT / "bin" / "kafka-console-producer"),
+            "--bootstrap-server",
+            settings.kafka_bootstrap,
+            "--topic",
+            settings.emoji_topic,
+            "--timeout",
+            "10",
+            "--batch-size",
+            "262144",
+            "--reader-property",
+            "parse.key=true",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def preload(settings: Settings, count: int, rate: int, poison_every: int) -> float:
+    """Write ``count`` emoji that arrived at ``rate``/s and ended now; return the seconds it took."""
+    started = time.monotonic()
+    end_ms = int(time.time() * 1000)
+    start_ms = end_ms - count * 1000 // rate
+    producer = console_producer(settings)
+    assert producer.stdin is not None
+    for first in range(0, count, 20_000):
+        n = min(20_000, count - first)
+        producer.stdin.write(
+            emoji_lines(settings, first, n, lambda i: start_ms + i * 1000 // rate, poison_every).encode()
+        )
+    producer.stdin.close()
+    if producer.wait(600) != 0:
+        raise RuntimeError("the console producer failed to pre-load the topic")
+    return time.monotonic() - started
+
+
+class SteadyLoad(threading.Thread):
+    """Emoji at a steady rate, stamped with the current time, in 50 ms ticks."""
+
+    def __init__(self, settings: Settings, rate: int, seconds: float):
+        super().__init__(daemon=True)
+        self.settings, self.rate, self.seconds = settings, rate, seconds
+        self.sent = 0
+        self.started_at = self.ended_at = 0.0
+
+    def run(self) -> None:
+        producer = console_producer(self.settings)
+        assert producer.stdin is not None
+        self.started_at = time.time()
+        begin = time.monotonic()
+        while (elapsed := time.monotonic() - begin) < self.seconds:
+            due = int(elapsed * self.rate) - self.sent
+            if due > 0:
+                now_ms = int(time.time() * 1000)
+                lines = emoji_lines(self.settings, 10**9 + self.sent, due, lambda _i, at=now_ms: at)
+                producer.stdin.write(lines.encode())
+                producer.stdin.flush()
+                self.sent += due
+            time.sleep(0.05)
+        producer.stdin.close()
+        producer.wait(60)
+        self.ended_at = time.time()
+
+
+# --------------------------------------------------------------------------- the processor under test
+
+
+def worker(progress_path: str) -> int:
+    """Child process: the processor, plus a listener that appends every progress report to a file."""
+    import emoji_processor
+    from emostream import logs
+    from emostream.processor_service import JsonProgressListener
+    from emostream.spark import session
+
+    settings = Settings.from_env()
+    logs.configure(settings)
+    spark = session(settings, app_name="emostream-processor-bench")
+    out = open(progress_path, "a", buffering=1)
+
+    class ProgressLog(JsonProgressListener):
+        def onQueryStarted(self, event: Any) -> None:
+            pass
+
+        def onQueryProgress(self, event: Any) -> None:
+            out.write(event.progress.json.replace("\n", " ") + "\n")
+
+        def onQueryIdle(self, event: Any) -> None:
+            pass
+
+        def onQueryTerminated(self, event: Any) -> None:
+            pass
+
+    spark.streams.addListener(ProgressLog())
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    processor = emoji_processor.create_processor(spark, settings)
+    try:
+        return processor.run_until(stop)
+    finally:
+        processor.stop()
+        spark.stop()
+
+
+def driver_jvm(parent_pid: int) -> Any:
+    """The Spark driver JVM under ``parent_pid`` (spark-submit first runs a short-lived launcher JVM)."""
+    import psutil
+
+    try:
+        for child in psutil.Process(parent_pid).children(recursive=True):
+            command = child.cmdline()
+            if "org.apache.spark.deploy.SparkSubmit" in command and "org.apache.spark.launcher.Main" not in command:
+                return child
+    except psutil.Error:
+        pass
+    return None
+
+
+class JvmMonitor(threading.Thread):
+    """Samples the driver JVM's CPU time and its peak resident memory (the kernel's VmHWM)."""
+
+    def __init__(self, parent_pid: int, every: float = 0.25):
+        super().__init__(daemon=True)
+        self.parent_pid, self.every = parent_pid, every
+        self.samples: list[tuple[float, float]] = []  # (wall time, CPU seconds)
+        self.peak_mb: float | None = None
+        self._stop_event = threading.Event()
+        self.start()
+
+    def run(self) -> None:
+        import psutil
+
+        jvm = None
+        while not self._stop_event.wait(self.every):
+            jvm = jvm or driver_jvm(self.parent_pid)
+            if jvm is None:
+                continue
+            try:
+                cpu = jvm.cpu_times()
+                status = Path(f"/proc/{jvm.pid}/status").read_text()
+            except (psutil.Error, OSError):
+                jvm = None
+                continue
+            self.samples.append((time.time(), cpu.user + cpu.system))
+            for line in status.splitlines():
+                if line.startswith("VmHWM:"):
+                    self.peak_mb = max(self.peak_mb or 0.0, int(line.split()[1]) / 1024)
+
+    def cpu_between(self, start: float, end: float) -> float:
+        """CPU seconds the JVM used between two wall-clock times (to the nearest sample)."""
+        if not self.samples or not (math.isfinite(start) and math.isfinite(end)):
+            return NAN
+        before = min(self.samples, key=lambda sample: abs(sample[0] - start))
+        after = min(self.samples, key=lambda sample: abs(sample[0] - end))
+        return after[1] - before[1]
+
+    def finish(self) -> None:
+        self._stop_event.set()
+        self.join()
+
+
+def read_progress(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def batch_start(progress: dict[str, Any]) -> float:
+    return datetime.fromisoformat(progress["timestamp"].replace("Z", "+00:00")).timestamp()
+
+
+def batch_end(progress: dict[str, Any]) -> float:
+    return batch_start(progress) + progress["batchDuration"] / 1000
+
+
+def metric(port: int, name: str) -> float:
+    """One unlabelled sample of the processor's /metrics."""
+    import requests
+
+    for line in requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return NAN
+
+
+# --------------------------------------------------------------------------- one configuration
+
+
+@dataclass
+class Result:
+    name: str
+    partitions: int
+    preload_seconds: float = NAN
+    startup_seconds: float = NAN
+    catchup_rate: float = NAN
+    catchup_batches: int = 0
+    catchup_cpu_seconds: float = NAN
+    accepted: int = 0
+    dead_letters: float = NAN
+    sent_rate: float = NAN
+    steady_batches: list[float] = field(default_factory=list)
+    steady_rows_per_s: float = NAN
+    steady_cores: float = NAN
+    breakdown: dict[str, float] = field(default_factory=dict)
+    jvm_peak_mb: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def run_configuration(
+    base: Settings, name: str, partitions: int, args: argparse.Namespace, scratch: Path, created: list[Settings]
+) -> Result:
+    tag = f"bench-{name}-{uuid.uuid4().hex[:6]}"
+    settings = base.replace(
+        emoji_topic=f"emoji_topic.{tag}",
+        aggregate_topic=f"aggregated_emoji_topic.{tag}",
+        dead_letter_topic=f"emoji_dead_letter_topic.{tag}",
+        membership_topic=f"emostream_subscribers.{tag}",
+        clusters=0,
+        shuffle_partitions=partitions,
+        trigger_ms=args.trigger_ms,
+        checkpoint_dir=str(scratch / tag / "checkpoint"),
+        processor_metrics_port=free_port(),
+        spark_ui=False,
+    )
+    kafka.ensure_topics(settings)
+    created.append(settings)
+    result = Result(name, settings.effective_shuffle_partitions)
+    say(f"[{name}] pre-loading {args.emoji:,} emoji into {settings.emoji_topic}")
+    result.preload_seconds = preload(settings, args.emoji, args.rate, args.poison_every)
+
+    (scratch / tag).mkdir(parents=True)
+    progress_path = scratch / tag / "progress.jsonl"
+    log_path = scratch / tag / "processor.log"
+    launched = time.time()
+    with open(log_path, "wb") as log_file:
+        child = subprocess.Popen(
+            [sys.executable, __file__, "--worker", str(progress_path)],
+            env={**os.environ, **settings.to_env(), "PYTHONPATH": str(ROOT)},
+            cwd=ROOT,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    monitor = JvmMonitor(child.pid)
+    try:
+        say(f"[{name}] processor started; catching up")
+        deadline = time.monotonic() + args.catchup_timeout
+        while sum(p["numInputRows"] for p in read_progress(progress_path)) < args.emoji:
+            if child.poll() is not None:
+                raise RuntimeError(f"the processor exited with {child.returncode}; see {log_path}")
+            if time.monotonic() > deadline:
+                result.notes.append(f"catch-up not finished within {args.catchup_timeout:.0f} s")
+                break
+            time.sleep(0.25)
+        progress = read_progress(progress_path)
+        first, last = catchup_span(progress, args.emoji)
+        if first is not None and last is not None:
+            result.catchup_rate = args.emoji / (batch_end(last) - batch_start(first))
+            result.catchup_batches = last["batchId"] - first["batchId"] + 1
+            result.catchup_cpu_seconds = monitor.cpu_between(batch_start(first), batch_end(last))
+            result.startup_seconds = batch_start(first) - launched
+        result.accepted = sum(int(p.get("observedMetrics", {}).get("records", {}).get("accepted", 0)) for p in progress)
+
+        say(f"[{name}] steady load: {args.rate:,} emoji/s for {args.steady_seconds:.0f} s")
+        load = SteadyLoad(settings, args.rate, args.steady_seconds)
+        load.start()
+        load.join()
+        time.sleep(2 * args.trigger_ms / 1000)
+        result.sent_rate = load.sent / (load.ended_at - load.started_at)
+        window_start = load.started_at + args.warmup_seconds
+        steady = [p for p in read_progress(progress_path) if window_start <= batch_start(p) <= load.ended_at]
+        result.steady_batches = [p["batchDuration"] / 1000 for p in steady]
+        if steady:
+            span = load.ended_at - window_start
+            result.steady_rows_per_s = sum(p["numInputRows"] for p in steady) / span
+            result.steady_cores = monitor.cpu_between(window_start, load.ended_at) / span
+            parts = ("latestOffset", "queryPlanning", "addBatch", "walCommit", "commitOffsets")
+            result.breakdown = {part: statistics.mean(p["durationMs"].get(part, 0) for p in steady) for part in parts}
+        if args.poison_every:
+            result.dead_letters = wait_for_dead_letters(
+                settings.processor_metrics_port, args.emoji // args.poison_every
+            )
+    finally:
+        monitor.finish()
+        stop(child)
+        result.jvm_peak_mb = monitor.peak_mb
+    return result
+
+
+def catchup_span(progress: list[dict[str, Any]], backlog: int) -> tuple[dict | None, dict | None]:
+    """The first batch that read any of the backlog, and the batch that read its last record."""
+    read, first = 0, None
+    for p in sorted(progress, key=lambda p: p["batchId"]):
+        if p["numInputRows"] and first is None:
+            first = p
+        read += p["numInputRows"]
+        if read >= backlog:
+            return first, p
+    return first, None
+
+
+def wait_for_dead_letters(port: int, expected: int, timeout: float = 120) -> float:
+    deadline = time.monotonic() + timeout
+    while (written := metric(port, "emostream_processor_dead_letters_total")) < expected:
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    return written
+
+
+def stop(child: subprocess.Popen) -> None:
+    if child.poll() is None:
+        os.killpg(child.pid, signal.SIGTERM)
+        try:
+            child.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(child.pid, signal.SIGKILL)
+            child.wait(10)
+
+
+# --------------------------------------------------------------------------- report
+
+
+def percentile(values: list[float], q: int) -> float:
+    if not values:
+        return NAN
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
+
+
+def report(results: list[Result], args: argparse.Namespace, load_before: str, load_after: str) -> None:
+    trigger = args.trigger_ms / 1000
+    cores = os.cpu_count() or 2
+    print()
+    print(f"Emoji processor: {args.emoji:,} emoji backlog, then {args.rate:,} emoji/s for {args.steady_seconds:.0f} s")
+    print(
+        f"trigger {args.trigger_ms} ms; {cores} cores shared with other work, load average {load_before} → {load_after}"
+    )
+    print()
+    header = (
+        f"{'configuration':<14}{'shuffle':>8}{'catch-up/s':>12}{'batches':>9}{'CPU s':>8}{'CPU-bound/s':>13}"
+        f"{'sent/s':>9}{'p50 s':>8}{'p95 s':>8}{'max s':>8}{'≤ trigger':>11}{'rows/s':>9}{'cores':>7}{'JVM MB':>8}"
+    )
+    print(header)
+    print("-" * len(header))
+    for r in results:
+        batches = r.steady_batches
+        within = sum(1 for d in batches if d <= trigger)
+        print(
+            f"{r.name:<14}{r.partitions:>8}{r.catchup_rate:>12,.0f}{r.catchup_batches:>9}"
+            f"{r.catchup_cpu_seconds:>8.1f}{args.emoji * cores / r.catchup_cpu_seconds:>13,.0f}"
+            f"{r.sent_rate:>9,.0f}{percentile(batches, 50):>8.2f}{percentile(batches, 95):>8.2f}"
+            f"{max(batches, default=NAN):>8.2f}{f'{within}/{len(batches)}':>11}{r.steady_rows_per_s:>9,.0f}"
+            f"{r.steady_cores:>7.2f}{(r.jvm_peak_mb or NAN):>8,.0f}"
+        )
+    print()
+    for r in results:
+        line = f"{r.name}: first batch {r.startup_seconds:.1f} s after launch; pre-load {r.preload_seconds:.1f} s; "
+        line += f"accepted {r.accepted:,}"
+        if args.poison_every:
+            line += f"; dead letters written {r.dead_letters:,.0f} of {args.emoji // args.poison_every:,}"
+        print(line + "".join(f"; {note}" for note in r.notes))
+        if r.breakdown:
+            split = ", ".join(f"{part} {ms:.0f}" for part, ms in r.breakdown.items())
+            print(f"{r.name}: steady micro-batch, mean ms: {split}")
+    print()
+    print("catch-up/s: backlog / (end of the batch that read its last record - start of the first batch);")
+    print("  CPU s: driver JVM CPU time over that span; CPU-bound/s: backlog x cores / CPU s, the rate if")
+    print("  the JVM had every core to itself (an estimate: it ignores waits on the broker).")
+    print("p50/p95/max, ≤ trigger: durations of the batches that started during steady load after a")
+    print(f"  {args.warmup_seconds:.0f} s warm-up; rows/s: what they read per second; cores: JVM CPU seconds")
+    print("  per second meanwhile; JVM MB: the driver JVM's peak resident memory (VmHWM).")
+
+
+# --------------------------------------------------------------------------- main
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def say(message: str) -> None:
+    print(f"{time.strftime('%H:%M:%S')} {message}", file=sys.stderr, flush=True)
+
+
+def delete_topics(created: list[Settings]) -> None:
+    if not created:
+        return
+    client = kafka.admin(created[0])
+    try:
+        existing = set(client.list_topics())
+        names = [
+            topic
+            for s in created
+            for topic in (s.emoji_topic, s.aggregate_topic, s.dead_letter_topic, s.membership_topic)
+            if topic in existing
+        ]
+        if names:
+            client.delete_topics(names)
+    finally:
+        client.close()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--emoji", type=int, default=2_000_000, help="backlog to pre-load (default 2,000,000)")
+    parser.add_argument("--rate", type=int, default=20_000, help="steady emoji per second (default 20,000)")
+    parser.add_argument("--steady-seconds", type=float, default=60.0, help="length of the steady phase (default 60)")
+    parser.add_argument("--warmup-seconds", type=float, default=5.0, help="steady batches ignored at first")
+    parser.add_argument("--trigger-ms", type=int, default=500, help="processing-time trigger (default 500)")
+    parser.add_argument("--catchup-timeout", type=float, default=300.0, help="give up on catch-up after this")
+    parser.add_argument("--poison-every", type=int, default=0, help="make every Nth pre-loaded emoji unknown")
+    parser.add_argument("--configs", default="tuned,default-200", help="tuned and/or default-200, comma-separated")
+    parser.add_argument("--keep", action="store_true", help="keep the processor logs and progress files")
+    parser.add_argument("--worker", metavar="PROGRESS_FILE", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        return worker(args.worker)
+
+    partitions = {"tuned": 0, "default-200": 200}
+    base = Settings.from_env()
+    created: list[Settings] = []
+    results = []
+    load_before = Path("/proc/loadavg").read_text().split()[0]
+    scratch = Path(tempfile.mkdtemp(prefix="emostream-bench-"))
+    try:
+        for name in args.configs.split(","):
+            results.append(run_configuration(base, name, partitions[name], args, scratch, created))
+    finally:
+        delete_topics(created)
+        if args.keep:
+            say(f"kept the processor logs and progress files in {scratch}")
+        else:
+            shutil.rmtree(scratch, ignore_errors=True)
+    report(results, args, load_before, Path("/proc/loadavg").read_text().split()[0])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

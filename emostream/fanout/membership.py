@@ -1,0 +1,299 @@
+"""Who the live subscriber nodes are, rebuilt from their heartbeats.
+
+Every node writes a heartbeat to the compacted membership topic (key = subscriber_id)
+every ``heartbeat_seconds`` and a tombstone when it stops cleanly. Whoever needs the
+membership (registration, the manager, the main publisher) reads that topic from the
+beginning, so a restarted service knows the nodes at once: Kafka is the only truth.
+A node whose last heartbeat is older than ``heartbeat_expiry_seconds`` is dead.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from kafka import TopicPartition
+from kafka.errors import KafkaError
+
+from emostream import kafka
+from emostream.settings import Settings
+from emostream.wire import InvalidMessage, now_ms
+
+log = logging.getLogger(__name__)
+
+SUBSCRIBER_ID_RE = re.compile(r"^c(\d{1,4})-s(\d{1,4})$")
+UP = "up"
+STOPPING = "stopping"
+
+
+def subscriber_id(cluster: int, index: int) -> str:
+    """The id of the ``index``-th node of ``cluster``, e.g. ``c0-s1``."""
+    return f"c{cluster}-s{index}"
+
+
+def parse_subscriber_id(value: str) -> tuple[int, int]:
+    """``(cluster, index)`` of an id like ``c0-s1``; ValueError for anything else."""
+    match = SUBSCRIBER_ID_RE.match(value)
+    if not match:
+        raise ValueError(f"subscriber id {value!r} is not like c0-s1")
+    return int(match.group(1)), int(match.group(2))
+
+
+@dataclass(frozen=True)
+class NodeState:
+    """One subscriber node as its last heartbeat describes it."""
+
+    subscriber_id: str
+    cluster: int
+    url: str
+    connections: int
+    capacity: int
+    heartbeat_at: int  # epoch ms, node clock
+    status: str = UP
+    events: Mapping[str, int] = field(default_factory=dict)
+    started_at: int = 0
+    pid: int | None = None
+
+    @property
+    def load(self) -> float:
+        return self.connections / self.capacity if self.capacity > 0 else float("inf")
+
+    def record(self) -> dict[str, Any]:
+        """The heartbeat as written to the membership topic."""
+        return {
+            "subscriber_id": self.subscriber_id,
+            "cluster": self.cluster,
+            "url": self.url,
+            "connections": self.connections,
+            "capacity": self.capacity,
+            "events": dict(self.events),
+            "heartbeat_at": self.heartbeat_at,
+            "started_at": self.started_at,
+            "status": self.status,
+            "pid": self.pid,
+        }
+
+    @classmethod
+    def from_record(cls, value: Any) -> NodeState:
+        """Parse a heartbeat; :class:`InvalidMessage` when it breaks the format."""
+        if not isinstance(value, Mapping):
+            raise InvalidMessage("a heartbeat must be a JSON object")
+        try:
+            events = value.get("events") or {}
+            if not isinstance(events, Mapping):
+                raise InvalidMessage("heartbeat events must be an object")
+            state = cls(
+                subscriber_id=str(value["subscriber_id"]),
+                cluster=_int(value["cluster"]),
+                url=str(value["url"]),
+                connections=_int(value["connections"]),
+                capacity=_int(value["capacity"]),
+                heartbeat_at=_int(value["heartbeat_at"]),
+                status=str(value.get("status", UP)),
+                events={str(event): _int(count) for event, count in events.items()},
+                started_at=_int(value.get("started_at", 0)),
+                pid=None if value.get("pid") is None else _int(value["pid"]),
+            )
+        except KeyError as missing:
+            raise InvalidMessage(f"heartbeat is missing {missing}") from None
+        return state
+
+
+def _int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidMessage(f"{value!r} is not an integer")
+    return value
+
+
+class Membership:
+    """The latest heartbeat of every node, and which of them are alive.
+
+    Thread-safe; ``now`` arguments (epoch ms) let tests and callers pin the clock.
+    """
+
+    def __init__(self, expiry_seconds: float):
+        self.expiry_ms = int(expiry_seconds * 1000)
+        self._nodes: dict[str, NodeState] = {}
+        self._lock = threading.Lock()
+        self.version = 0  # bumps on every change, so callers can cache derived views
+
+    def apply(self, key: str | None, value: Any) -> NodeState | None:
+        """Apply one record of the membership topic; a tombstone removes the node."""
+        if not key:
+            return None
+        if value is None:
+            with self._lock:
+                removed = self._nodes.pop(key, None)
+                self.version += 1
+            if removed is not None:
+                log.info("subscriber %s left the membership", key)
+            return None
+        try:
+            state = NodeState.from_record(value)
+        except InvalidMessage as error:
+            log.warning("ignoring a bad heartbeat for %s: %s", key, error)
+            return None
+        if state.subscriber_id != key:
+            log.warning("ignoring a heartbeat keyed %s that names %s", key, state.subscriber_id)
+            return None
+        with self._lock:
+            previous = self._nodes.get(key)
+            # A late duplicate must not roll a node back in time.
+            if previous is not None and previous.heartbeat_at > state.heartbeat_at:
+                return previous
+            self._nodes[key] = state
+            self.version += 1
+        if previous is None or previous.status != state.status or previous.pid != state.pid:
+            log.info("subscriber %s is %s at %s (pid %s)", key, state.status, state.url, state.pid)
+        return state
+
+    def remove(self, subscriber_id: str) -> None:
+        self.apply(subscriber_id, None)
+
+    def get(self, subscriber_id: str) -> NodeState | None:
+        with self._lock:
+            return self._nodes.get(subscriber_id)
+
+    def nodes(self) -> list[NodeState]:
+        """Every node with a heartbeat on record, alive or not, by id."""
+        with self._lock:
+            return sorted(self._nodes.values(), key=_order)
+
+    def is_alive(self, node: NodeState, now: int | None = None) -> bool:
+        """Fresh heartbeat and not stopping."""
+        now = now_ms() if now is None else now
+        return node.status == UP and now - node.heartbeat_at <= self.expiry_ms
+
+    def live(self, now: int | None = None) -> list[NodeState]:
+        """The nodes that may take viewers now."""
+        now = now_ms() if now is None else now
+        return [node for node in self.nodes() if self.is_alive(node, now)]
+
+    def clusters_watching(self, event_id: str, now: int | None = None) -> set[int]:
+        """Clusters with at least one live node that has viewers of ``event_id``."""
+        return {node.cluster for node in self.live(now) if node.events.get(event_id, 0) > 0}
+
+
+def _order(node: NodeState) -> tuple[int, int, str]:
+    try:
+        cluster, index = parse_subscriber_id(node.subscriber_id)
+    except ValueError:
+        return (node.cluster, 1 << 30, node.subscriber_id)
+    return (cluster, index, node.subscriber_id)
+
+
+class MembershipWatcher:
+    """Keeps a :class:`Membership` up to date from the membership topic, in a background thread.
+
+    It reads the topic from the beginning; ``ready`` turns true once it has caught up
+    with the end of the topic as it was at start, so a freshly started service never
+    acts on half a membership.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        membership: Membership | None = None,
+        on_change: Callable[[str, NodeState | None], None] | None = None,
+    ):
+        self.settings = settings
+        self.membership = membership or Membership(settings.heartbeat_expiry_seconds)
+        self.on_change = on_change
+        self._ready = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.error: BaseException | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self._ready.is_set()
+
+    @property
+    def started(self) -> bool:
+        return self._thread is not None
+
+    def start(self) -> MembershipWatcher:
+        self._thread = threading.Thread(target=self._run, name="membership-watcher", daemon=True)
+        self._thread.start()
+        return self
+
+    def wait_ready(self, timeout: float = 30.0) -> bool:
+        return self._ready.wait(timeout)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._follow()
+            except KafkaError as error:  # the broker went away: start over from the beginning
+                log.warning("membership consumer failed (%s); reconnecting", error)
+                self._stop.wait(1.0)
+            except Exception as error:  # a bug: keep the thread alive but say it loudly
+                self.error = error
+                log.exception("membership watcher crashed; restarting it")
+                self._stop.wait(1.0)
+
+    def _follow(self) -> None:
+        topic = self.settings.membership_topic
+        consumer = kafka.consumer(self.settings, group_id=None, auto_offset_reset="earliest", fetch_max_wait_ms=200)
+        try:
+            partitions = topic_partitions(consumer, topic)
+            consumer.assign(partitions)
+            consumer.seek_to_beginning(*partitions)
+            end = consumer.end_offsets(partitions)
+            while not self._stop.is_set():
+                for records in consumer.poll(timeout_ms=200).values():
+                    for record in records:
+                        state = self.membership.apply(record.key, record.value)
+                        if self.on_change is not None:
+                            self.on_change(record.key, state)
+                if not self._ready.is_set() and all(consumer.position(tp) >= end[tp] for tp in partitions):
+                    self._ready.set()
+                    log.info("membership loaded: %d node(s) on record", len(self.membership.nodes()))
+        finally:
+            consumer.close()
+
+
+def topic_partitions(consumer: Any, topic: str, timeout: float = 30.0) -> list[TopicPartition]:
+    """The topic's partitions, waiting for metadata (a just-created topic has none yet)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        partitions = consumer.partitions_for_topic(topic)
+        if partitions:
+            return [TopicPartition(topic, p) for p in sorted(partitions)]
+        if time.monotonic() > deadline:
+            raise KafkaError(f"topic {topic} has no partitions")
+        time.sleep(0.2)
+
+
+def summary(nodes: Iterable[NodeState], membership: Membership, now: int | None = None) -> dict[str, Any]:
+    """The operator's view of the membership: every node, with liveness and load per cluster."""
+    now = now_ms() if now is None else now
+    listed = []
+    clusters: dict[int, dict[str, Any]] = {}
+    for node in nodes:
+        alive = membership.is_alive(node, now)
+        listed.append(
+            node.record() | {"alive": alive, "load": round(node.load, 4), "last_seen_ms": now - node.heartbeat_at}
+        )
+        cluster = clusters.setdefault(node.cluster, {"nodes": 0, "live_nodes": 0, "connections": 0, "capacity": 0})
+        cluster["nodes"] += 1
+        if alive:
+            cluster["live_nodes"] += 1
+            cluster["connections"] += node.connections
+            cluster["capacity"] += node.capacity
+    return {
+        "subscribers": listed,
+        "clusters": {str(c): clusters[c] for c in sorted(clusters)},
+        "live_nodes": sum(c["live_nodes"] for c in clusters.values()),
+        "connections": sum(c["connections"] for c in clusters.values()),
+    }

@@ -1,0 +1,288 @@
+"""What the fault tests share: a crowd whose every emoji can be found again, and the books.
+
+The end-to-end promise under test: every emoji answered 2xx is counted exactly once in
+its window's final count. :class:`TracedCrowd` is the simulator's crowd with one change:
+each request carries a user_id of its own, so every acknowledged emoji can be found on
+``emoji_topic`` by that id. :func:`audit` then checks the promise in two steps that
+together are the whole of it:
+
+1. ingest → Kafka: every acknowledged emoji is on the topic exactly once;
+2. Kafka → viewers: for every window, the final count the viewers received equals the
+   emoji on the topic whose server ``received_at`` falls in that window.
+
+The window of an emoji is read from its record because ingest stamps ``received_at``
+and does not send it back; a client can only guess it from its own clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import signal
+import time
+from collections import Counter, defaultdict
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from emostream import kafka
+from emostream.fanout.ops import fanout_topics
+from emostream.settings import Settings
+from emostream.simulator import Crowd, CrowdPlan, parse_mix
+from tests.support import read_topic
+
+# After every window has its count, how long to keep watching for counts that grow past it.
+EXTRAS_SECONDS = 3.0
+# The longest a crowd waits after sending for the pipeline to deliver every window's count.
+DRAIN_BOUND_SECONDS = 120.0
+RESULTS_FILE = Path(__file__).resolve().parents[2] / "test-artifacts" / "faults-figures.jsonl"
+
+
+class TracedCrowd(Crowd):
+    """The simulator's crowd, with one user_id per request and arrival times per viewer."""
+
+    def __init__(self, plan: CrowdPlan):
+        super().__init__(plan)
+        self._serial = itertools.count()
+        self.acked: dict[str, tuple[str, str]] = {}  # user_id -> (event_id, emoji), answered 202
+        self.acked_at: dict[str, float] = {}  # user_id -> when the 202 arrived (epoch s)
+        self.unanswered: set[str] = set()  # refused, or no answer ever came
+        self.arrivals: dict[str, list[float]] = defaultdict(list)  # viewer client_id -> update arrival times
+        self.sending_done = asyncio.Event()
+
+    async def run_senders(self) -> None:
+        try:
+            await super().run_senders()
+        finally:
+            self.sending_done.set()
+
+    def caught_up(self) -> bool:
+        """Every window the crowd sent to has reached its viewers with the count ingest accepted."""
+        ledger = self.ledger
+        for key, accepted in ledger.accepted_by_window.items():
+            if key[0] not in self.plan.events:
+                continue
+            finals = (seen.get(key) for seen in ledger.final_by_viewer.values())
+            if max((final["total"] for final in finals if final), default=0) < accepted:
+                return False
+        return bool(ledger.accepted_by_window)
+
+    async def _send(self, session, semaphore, event_id, user_ids, emoji) -> None:
+        users = [f"{self.run_id}.{next(self._serial)}" for _ in user_ids]
+        async with semaphore:
+            received_at = await self._post(session, event_id, users, emoji)
+        if received_at is None:
+            self.unanswered.update(users)
+            return
+        self.ledger.accept(event_id, emoji, received_at)
+        answered = time.time()
+        for user, kind in zip(users, emoji, strict=True):
+            self.acked[user] = (event_id, kind)
+            self.acked_at[user] = answered
+
+    def _make_viewer(self, event_id: str, client_id: str, on_update):
+        def recorded(aggregate: dict[str, Any], arrived_at: float | None = None) -> None:
+            self.arrivals[client_id].append(time.time() if arrived_at is None else arrived_at)
+            on_update(aggregate, arrived_at)
+
+        return super()._make_viewer(event_id, client_id, recorded)
+
+    def viewers_by_id(self) -> dict[str, Any]:
+        return {viewer.client_id: viewer for viewer in self.viewers}
+
+
+def plan_for(settings: Settings, ingest_urls: tuple[str, ...], registration_url: str, **changes: Any) -> CrowdPlan:
+    """A steady, modest crowd: 20 viewers over two events, 150 emoji/s in batches of 3."""
+    plan = dict(
+        ingest_urls=ingest_urls,
+        registration_url=registration_url,
+        viewers=20,
+        rate=150.0,
+        duration=24.0,
+        events=("final", "semi"),
+        mix=parse_mix("🔥=5,👏=3,😂=1,\u2764\ufe0f=1", settings.emoji_types),
+        batch=3,
+        probe_interval=0.5,
+        concurrency=32,
+        window_ms=settings.window_seconds * 1000,
+        watermark_ms=settings.watermark_ms,
+        drain=DRAIN_BOUND_SECONDS,
+        seed=17,
+    )
+    plan.update(changes)
+    # Events of the run's own, so nothing else on the shared topics is counted with them.
+    plan["events"] = tuple(f"{event}-{int(time.time() * 1000) % 10**8}" for event in plan["events"])
+    return CrowdPlan(**plan)
+
+
+async def run_with_fault(crowd: TracedCrowd, fault: Callable[[], Awaitable[Any]], after: float) -> tuple[dict, Any]:
+    """Run the crowd; ``after`` seconds into its sending, run ``fault`` alongside it.
+
+    Once sending has stopped, the crowd keeps watching until every window's count has
+    reached the viewers (plus a few seconds, for anything counted twice to show), or
+    until its plan's ``drain`` runs out: recovery has no fixed deadline, only a bound.
+    """
+
+    async def chaos() -> Any:
+        while crowd.ledger.accepted == 0:
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(after)
+        return await fault()
+
+    async def until_caught_up() -> None:
+        await crowd.sending_done.wait()
+        while not crowd.caught_up():
+            await asyncio.sleep(0.25)
+        await asyncio.sleep(EXTRAS_SECONDS)
+        crowd.stop()
+
+    watcher = asyncio.ensure_future(until_caught_up())
+    try:
+        report, outcome = await asyncio.gather(crowd.run(), chaos())
+    finally:
+        watcher.cancel()
+    return report, outcome
+
+
+def audit(settings: Settings, crowd: TracedCrowd, timeout: float = 30.0) -> dict[str, Any]:
+    """Check the promise against Kafka and the viewers; the figures of the run.
+
+    It runs after the crowd's drain, long after ingest flushed what it holds: ``timeout``
+    only bounds the wait for acknowledged emoji that never reach the topic.
+    """
+    prefix = crowd.run_id + "."
+    acked = crowd.acked
+
+    def mine(records: list) -> list[dict]:
+        return [
+            r.value for r in records if isinstance(r.value, dict) and str(r.value.get("user_id", "")).startswith(prefix)
+        ]
+
+    def holds_all_acked(records: list) -> bool:
+        return acked.keys() <= {value["user_id"] for value in mine(records)}
+
+    written = mine(read_topic(settings, settings.emoji_topic, until=holds_all_acked, timeout=timeout, settle=3))
+    copies = Counter(value["user_id"] for value in written)
+    lost_in_ingest = sorted(user for user in acked if copies[user] == 0)
+    duplicated = sum(n - 1 for user, n in copies.items() if n > 1)
+    written_unacknowledged = sum(1 for user in copies if user not in acked)
+
+    window_ms = settings.window_seconds * 1000
+    truth: dict[tuple[str, int], Counter[str]] = defaultdict(Counter)
+    for value in written:
+        if value["event_id"] in crowd.plan.events:
+            start = value["received_at"] - value["received_at"] % window_ms
+            truth[(value["event_id"], start)][value["emoji_type"]] += 1
+
+    ledger = crowd.ledger
+    exact = 0
+    lost_in_windows = extra_in_windows = viewer_windows_missing = 0
+    mismatches = []
+    for key, counts in sorted(truth.items()):
+        watchers = [viewer for viewer, event in ledger.viewer_events.items() if event == key[0]]
+        finals = {viewer: ledger.final_by_viewer[viewer].get(key) for viewer in watchers}
+        best = max((final for final in finals.values() if final), key=lambda final: final["total"], default=None)
+        got = Counter(best["counts"]) if best else Counter()
+        if got == counts:
+            exact += 1
+        else:
+            lost_in_windows += sum((counts - got).values())
+            extra_in_windows += sum((got - counts).values())
+            if len(mismatches) < 5:
+                mismatches.append({"window": key, "on_topic": dict(counts), "final": dict(got)})
+        viewer_windows_missing += sum(1 for final in finals.values() if not final or Counter(final["counts"]) != counts)
+
+    return {
+        "emoji_acknowledged": len(acked),
+        "emoji_written": len(written),
+        "emoji_lost": len(lost_in_ingest) + lost_in_windows,
+        "emoji_extra": duplicated + extra_in_windows,
+        "lost_before_kafka": len(lost_in_ingest),
+        "duplicated_on_kafka": duplicated,
+        "written_but_unanswered": written_unacknowledged,  # the client saw no 2xx (connection cut); counted anyway
+        "windows_checked": len(truth),
+        "windows_exact": exact,
+        "viewer_windows_missing": viewer_windows_missing,
+        "mismatches": mismatches,
+        "lost_sample": lost_in_ingest[:5],
+        "lost_before_kafka_ids": lost_in_ingest,
+    }
+
+
+def summary(name: str, report: dict[str, Any], books: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """The figures of one fault run: printed, and appended to test-artifacts/faults-figures.jsonl."""
+    figures = {
+        "fault": name,
+        "load_emoji_per_s": report["accepted_per_second"],
+        "viewers": report["viewers"],
+        "sending_s": report["sending_seconds"],
+        "refused_attempts": report["emoji_rejected"],
+        "gave_up": report["emoji_given_up"],
+        "latency_ms": report["latency_ms"],
+        **{k: v for k, v in books.items() if k not in ("mismatches", "lost_sample", "lost_before_kafka_ids")},
+        **extra,
+    }
+    print(f"\nFAULT {name}: {json.dumps(figures, ensure_ascii=False)}")
+    RESULTS_FILE.parent.mkdir(parents=True, exist_ok=True)
+    with open(RESULTS_FILE, "a", encoding="utf-8") as out:
+        out.write(json.dumps(figures, ensure_ascii=False) + "\n")
+    return figures
+
+
+def assert_every_acknowledged_emoji_counted_once(books: dict[str, Any], logs: str = "") -> None:
+    assert books["emoji_acknowledged"] > 0, logs
+    assert books["windows_checked"] >= 5, books
+    assert books["lost_before_kafka"] == 0, (books["lost_sample"], logs)
+    assert books["emoji_lost"] == 0, (books["mismatches"], logs)
+    assert books["emoji_extra"] == 0, books["mismatches"]
+    assert books["windows_exact"] == books["windows_checked"], books["mismatches"]
+
+
+def wait_for_topic_metadata(settings: Settings, timeout: float = 60.0) -> None:
+    """Wait until the broker's metadata lists every topic of ``settings``.
+
+    A publisher whose consumer joins its group before the broker lists a just-created
+    topic is assigned nothing and stays idle until its next metadata refresh (minutes):
+    start services only once their topics are visible, as a deployment would.
+    """
+    wanted = {spec.name for spec in kafka.topics(settings)} | {spec.name for spec in fanout_topics(settings)}
+    probe = kafka.consumer(settings)
+    try:
+        deadline = time.monotonic() + timeout
+        while not wanted <= probe.topics():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"topics missing from the metadata: {sorted(wanted - probe.topics())}")
+            time.sleep(0.2)
+    finally:
+        probe.close()
+
+
+def kill_group(pid: int, sig: int = signal.SIGKILL) -> None:
+    """Signal a process and every process in its group (a service and the children it started)."""
+    import os
+
+    try:
+        os.killpg(os.getpgid(pid), sig)
+    except ProcessLookupError:
+        pass
+
+
+def listening_children(pid: int, port: int) -> dict[int, int]:
+    """Established connections on ``port`` held by each direct child of ``pid`` (and its workers)."""
+    held: dict[int, int] = {}
+    for child in psutil.Process(pid).children():
+        count = 0
+        for process in [child, *child.children(recursive=True)]:
+            try:
+                count += sum(
+                    1
+                    for conn in process.net_connections(kind="tcp")
+                    if conn.laddr and conn.laddr.port == port and conn.status == psutil.CONN_ESTABLISHED
+                )
+            except psutil.NoSuchProcess:
+                continue
+        held[child.pid] = count
+    return held

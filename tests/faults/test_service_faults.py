@@ -1,0 +1,247 @@
+"""Faults of EmoStream's own services, each under a steady simulated crowd.
+
+One stack for the module (tests/faults/conftest.py): the processor in local mode,
+registration, the main publisher, the subscriber manager with one cluster of three
+nodes, and ingest as a pool of two instances on one port. Each test breaks one part
+while the crowd taps and watches, then checks the promise: every emoji answered 2xx is
+counted exactly once in its window's final count (tests/faults/support.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import statistics
+import time
+from collections import Counter
+
+import pytest
+import requests
+
+from emostream.viewer import Viewer
+from tests.fanout_support import membership
+from tests.faults.conftest import FaultStack
+from tests.faults.support import (
+    TracedCrowd,
+    assert_every_acknowledged_emoji_counted_once,
+    audit,
+    kill_group,
+    listening_children,
+    plan_for,
+    run_with_fault,
+    summary,
+)
+from tests.support import wait_http
+
+pytestmark = [pytest.mark.integration, pytest.mark.faults]
+
+# Generous bounds that only prove "without a human"; the measured times are reported.
+RECOVERY_BOUND_SECONDS = 30.0
+
+
+def crowd_for(stack: FaultStack, **changes) -> TracedCrowd:
+    return TracedCrowd(plan_for(stack.settings, (stack.pool.url,), stack.registration_url, **changes))
+
+
+def test_registration_restarted_existing_viewers_are_not_disturbed_and_counts_stay_exact(fault_stack: FaultStack):
+    stack = fault_stack
+    crowd = crowd_for(stack, duration=18.0)
+
+    async def restart_registration() -> dict:
+        restarted_at = time.time()
+        await asyncio.to_thread(stack.restart, "registration_app.py", signal.SIGKILL)
+        await asyncio.to_thread(
+            wait_http, stack.registration_url + "/healthz", 60, stack.processes["registration_app.py"].process
+        )
+        healthy_after = time.time() - restarted_at
+        # A newcomer is served by the restarted registration.
+        newcomer = Viewer(stack.registration_url, event_id=crowd.plan.events[0])
+        await newcomer.start(timeout=30)
+        await newcomer.wait_for_updates(1, timeout=30)
+        await newcomer.close()
+        return {"restarted_at": restarted_at, "healthy_after_s": round(healthy_after, 2)}
+
+    report, outcome = asyncio.run(run_with_fault(crowd, restart_registration, after=5.0))
+    books = audit(stack.settings, crowd)
+    viewers = list(crowd.viewers_by_id().values())
+    received_after = [
+        sum(1 for arrival in crowd.arrivals[viewer.client_id] if arrival > outcome["restarted_at"] + 1)
+        for viewer in viewers
+    ]
+    summary(
+        "registration restarted (SIGKILL)",
+        report,
+        books,
+        **outcome,
+        viewers_disturbed=sum(1 for viewer in viewers if viewer.registrations != 1 or viewer.reconnects != 0),
+    )
+
+    assert_every_acknowledged_emoji_counted_once(books, stack.logs())
+    assert [(v.registrations, v.reconnects, len(v.subscribers_seen)) for v in viewers] == [(1, 0, 1)] * len(viewers)
+    assert min(received_after) > 0, "a viewer stopped receiving after the restart"
+    assert books["viewer_windows_missing"] == 0
+
+
+def test_a_killed_subscriber_nodes_viewers_are_back_on_other_nodes_and_receive_again(fault_stack: FaultStack):
+    stack = fault_stack
+    crowd = crowd_for(stack, duration=20.0)
+
+    async def kill_busiest_node() -> dict:
+        by_node = Counter(
+            viewer.subscriber for viewer in crowd.viewers if viewer.client_id in crowd.ledger.viewer_events
+        )
+        victim = by_node.most_common(1)[0][0]
+        record = next(node for node in membership(stack.settings)["subscribers"] if node["subscriber_id"] == victim)
+        displaced = [viewer for viewer in crowd.viewers if viewer.subscriber == victim]
+        killed_at = time.time()
+        os.kill(record["pid"], signal.SIGKILL)
+        back: dict[str, float] = {}
+        updated: dict[str, float] = {}
+        deadline = time.monotonic() + RECOVERY_BOUND_SECONDS
+        while time.monotonic() < deadline and len(updated) < len(displaced):
+            now = time.time()
+            for viewer in displaced:
+                if viewer.client_id not in back and viewer.connected and viewer.reconnects >= 1:
+                    back[viewer.client_id] = now - killed_at
+                since = back.get(viewer.client_id)
+                fresh = since is not None and any(a > killed_at + since for a in crowd.arrivals[viewer.client_id])
+                if fresh and viewer.client_id not in updated:
+                    updated[viewer.client_id] = now - killed_at
+            await asyncio.sleep(0.05)
+        return {
+            "victim": victim,
+            "displaced": [viewer.client_id for viewer in displaced],
+            "back_s": back,
+            "updated_s": updated,
+            "landed_on": Counter(viewer.subscriber for viewer in displaced),
+        }
+
+    report, outcome = asyncio.run(run_with_fault(crowd, kill_busiest_node, after=5.0))
+    books = audit(stack.settings, crowd)
+    displaced = outcome["displaced"]
+    back, updated = outcome["back_s"], outcome["updated_s"]
+    summary(
+        "subscriber node killed (SIGKILL)",
+        report,
+        books,
+        victim=outcome["victim"],
+        displaced_viewers=len(displaced),
+        reconnected_s_median=_median(back.values()),
+        reconnected_s_max=max(back.values(), default=None),
+        first_update_after_s_max=max(updated.values(), default=None),
+        landed_on=dict(outcome["landed_on"]),
+    )
+
+    assert displaced, "nobody was on the busiest node"
+    assert sorted(back) == sorted(displaced), (
+        f"not back within {RECOVERY_BOUND_SECONDS:.0f} s: {set(displaced) - set(back)}"
+    )
+    assert sorted(updated) == sorted(displaced), "a displaced viewer was back but received nothing"
+    # Counts are exact for every window (viewers of other nodes saw every final).
+    assert_every_acknowledged_emoji_counted_once(books, stack.logs())
+
+
+def test_counts_stay_exact_when_the_processor_is_killed_and_restarted_in_local_mode(fault_stack: FaultStack):
+    stack = fault_stack
+    crowd = crowd_for(stack, duration=24.0)
+
+    async def kill_and_restart_processor() -> dict:
+        killed_at = time.monotonic()
+        await asyncio.to_thread(stack.restart, "emoji_processor.py", signal.SIGKILL)
+        process = stack.processes["emoji_processor.py"].process
+        await asyncio.to_thread(
+            wait_http, f"http://127.0.0.1:{stack.settings.processor_metrics_port}/healthz", 120, process
+        )
+        while (
+            requests.get(f"http://127.0.0.1:{stack.settings.processor_metrics_port}/healthz", timeout=5).status_code
+            != 200
+        ):
+            await asyncio.sleep(0.5)
+        return {"processor_back_after_s": round(time.monotonic() - killed_at, 1)}
+
+    report, outcome = asyncio.run(run_with_fault(crowd, kill_and_restart_processor, after=6.0))
+    books = audit(stack.settings, crowd)
+    summary("processor killed and restarted (SIGKILL, local mode)", report, books, **outcome)
+
+    assert_every_acknowledged_emoji_counted_once(books, stack.logs())
+    assert books["viewer_windows_missing"] == 0
+
+
+def test_an_ingest_instance_stopped_mid_load_loses_nothing_it_acknowledged(fault_stack: FaultStack):
+    stack = fault_stack
+    crowd = crowd_for(stack, duration=18.0)
+    port = stack.settings.ingest_port
+
+    async def stop_one_instance() -> dict:
+        spread = listening_children(stack.pool.process.pid, port)
+        victim = stack.pool.instance_pids()[0]
+        kill_group(victim, signal.SIGTERM)  # what a rolling restart or a scale-down does
+        replaced = await asyncio.to_thread(_wait_for_replacement, stack, victim)
+        return {"connections_per_instance_before": list(spread.values()), "replaced_after_s": replaced}
+
+    report, outcome = asyncio.run(run_with_fault(crowd, stop_one_instance, after=6.0))
+    books = audit(stack.settings, crowd)
+    summary("ingest instance stopped (SIGTERM) in a pool of 2", report, books, **outcome)
+
+    # The kernel spread the crowd's connections over both instances before the stop.
+    assert len(outcome["connections_per_instance_before"]) == 2
+    assert all(count > 0 for count in outcome["connections_per_instance_before"]), outcome
+    assert_every_acknowledged_emoji_counted_once(books, stack.logs())
+
+
+def test_an_ingest_instance_killed_mid_load_loses_at_most_what_it_acknowledged_in_its_last_flush(
+    fault_stack: FaultStack,
+):
+    # Ingest answers 202 once an emoji is in the worker's memory buffer, before Kafka has it
+    # (the buffer goes out every flush interval). A SIGKILL therefore loses what the instance
+    # acknowledged since its last delivered flush: never more than one flush interval plus the
+    # lag past which ingest refuses new emoji. Everything else must be counted exactly once.
+    stack = fault_stack
+    settings = stack.settings
+    crowd = crowd_for(stack, duration=16.0, drain=30.0)  # lost emoji never arrive: bound the wait
+    port = settings.ingest_port
+
+    async def kill_busiest_instance() -> dict:
+        held = listening_children(stack.pool.process.pid, port)
+        victim = max(held, key=held.get)
+        killed_at = time.time()
+        kill_group(victim, signal.SIGKILL)  # a crash, the OOM killer, a machine lost
+        replaced = await asyncio.to_thread(_wait_for_replacement, stack, victim)
+        return {"killed_at": killed_at, "replaced_after_s": replaced}
+
+    report, outcome = asyncio.run(run_with_fault(crowd, kill_busiest_instance, after=6.0))
+    books = audit(settings, crowd)
+    killed_at = outcome.pop("killed_at")
+    lost_ages = [killed_at - crowd.acked_at[user] for user in books["lost_before_kafka_ids"]]
+    exposure = (settings.flush_interval_ms + settings.ingest_max_lag_ms) / 1000
+    summary(
+        "ingest instance killed (SIGKILL) in a pool of 2",
+        report,
+        books,
+        **outcome,
+        lost_acknowledged_within_s_before_kill=round(max(lost_ages, default=0.0), 3),
+    )
+
+    # What was lost was acknowledged by the dead instance just before it died, and only that.
+    assert all(-1.0 <= age <= exposure for age in lost_ages), sorted(lost_ages)
+    assert books["duplicated_on_kafka"] == 0
+    assert books["emoji_extra"] == 0
+    assert books["windows_exact"] == books["windows_checked"] >= 5, books["mismatches"]
+
+
+def _wait_for_replacement(stack: FaultStack, victim: int) -> float:
+    started = time.monotonic()
+    deadline = started + RECOVERY_BOUND_SECONDS
+    while time.monotonic() < deadline:
+        pids = stack.pool.instance_pids()
+        if victim not in pids and len(pids) == stack.pool.instances:
+            stack.pool.wait_ready(timeout=RECOVERY_BOUND_SECONDS)
+            return round(time.monotonic() - started, 2)
+        time.sleep(0.1)
+    raise AssertionError(f"the pool did not replace instance {victim}:\n{stack.pool.log()}")
+
+
+def _median(values) -> float | None:
+    values = list(values)
+    return round(statistics.median(values), 2) if values else None

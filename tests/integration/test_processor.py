@@ -1,0 +1,280 @@
+"""The emoji processor against the real broker and real Spark.
+
+The streaming tests run the processor's queries in this process on the test run's
+SparkSession; the restart test runs ``emoji_processor.py`` as a child process.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import random
+import signal
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import pytest
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+import emoji_processor
+from emostream import aggregation, kafka
+from emostream.settings import Settings
+from emostream.wire import EmojiEvent, aggregate_key, now_ms, scaled_count, validate_aggregate
+from tests.support import ServiceProcess, free_port, read_topic, wait_http
+
+pytestmark = [pytest.mark.integration, pytest.mark.spark]
+
+EMOJI = ["🔥", "👏", "😂", "\u2764\ufe0f", "🏏"]
+
+
+def window_base() -> int:
+    """A window start a minute ago, so every test's windows are whole and recent."""
+    return (now_ms() - 60_000) // 2000 * 2000
+
+
+def emoji_events(count: int, start: int, span_ms: int, events: Iterable[str], seed: int) -> list[EmojiEvent]:
+    """``count`` emoji spread evenly over ``span_ms`` from ``start``, in time order."""
+    rng = random.Random(seed)
+    event_ids = list(events)
+    return [
+        EmojiEvent(
+            f"viewer-{rng.randrange(500)}",
+            rng.choice(EMOJI),
+            start + i * span_ms // count - 30,
+            rng.choice(event_ids),
+            start + i * span_ms // count,
+        )
+        for i in range(count)
+    ]
+
+
+def produce(settings: Settings, events: Iterable[EmojiEvent | tuple[str, bytes | None]]) -> None:
+    producer = kafka.producer(settings)
+    try:
+        for item in events:
+            if isinstance(item, EmojiEvent):
+                producer.send(settings.emoji_topic, key=item.key, value=item.record())
+            else:
+                producer.send(settings.emoji_topic, key=item[0], value=item[1])
+        producer.flush(timeout=60)
+    finally:
+        producer.close()
+
+
+def expected_counts(events: Iterable[EmojiEvent], window_ms: int = 2000) -> dict[str, dict[str, int]]:
+    counts: dict[str, Counter] = {}
+    for e in events:
+        key = aggregate_key(e.event_id, e.received_at - e.received_at % window_ms)
+        counts.setdefault(key, Counter())[e.emoji_type] += 1
+    return {key: dict(counter) for key, counter in counts.items()}
+
+
+def latest_by_key(records: list[Any]) -> dict[str, dict]:
+    """The last aggregate per key: what a compacted topic, or a viewer, ends up with."""
+    latest: dict[str, dict] = {}
+    for record in records:
+        latest[record.key] = record.value
+    return latest
+
+
+def wait_for_counts(
+    settings: Settings, expected: dict[str, dict[str, int]], timeout: float = 180
+) -> tuple[dict[str, dict], list[Any]]:
+    """Read the aggregate topic until the last record of each key holds ``expected``."""
+    records = read_topic(
+        settings,
+        settings.aggregate_topic,
+        until=lambda rs: {k: v["counts"] for k, v in latest_by_key(rs).items()} == expected,
+        timeout=timeout,
+        settle=1.0,
+    )
+    return latest_by_key(records), records
+
+
+def metric(port: int, name: str, **labels: str) -> float:
+    """One sample of the processor's /metrics (0 when it has not been recorded yet)."""
+    text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    return 0.0
+
+
+def eventually(check: Callable[[], bool], timeout: float = 60) -> bool:
+    """The listener reports a batch just after its output lands, so metrics may lag a little."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
+@pytest.fixture
+def fast(settings: Settings) -> Settings:
+    """Short triggers make the tests quicker; the metrics port is free."""
+    return settings.replace(trigger_ms=200, processor_metrics_port=free_port())
+
+
+@pytest.fixture
+def start_processor(spark, fast: Settings) -> Iterator[Callable[[], emoji_processor.Processor]]:
+    """Starts the processor's queries in this process; a test produces its backlog first,
+    so the first micro-batch holds all of it and no emoji can fall behind the watermark."""
+    started: list[emoji_processor.Processor] = []
+
+    def start() -> emoji_processor.Processor:
+        started.append(emoji_processor.create_processor(spark, fast))
+        return started[-1]
+
+    yield start
+    for running in started:
+        running.stop()
+
+
+def test_last_record_per_key_equals_the_exact_counts_of_several_events_and_windows(fast, start_processor):
+    base = window_base()
+    sent = emoji_events(3000, base, 8000, ["final", "semi", "toss"], seed=1)
+    # One window gets more than 1000 of one kind, so its scaled value is 2.
+    sent += [EmojiEvent(f"viewer-{i}", "🔥", base, "final", base + 4000 + i % 2000) for i in range(1001)]
+    sent.sort(key=lambda e: e.received_at)
+    expected = expected_counts(sent)
+    assert len(expected) == 12
+    produce(fast, sent)
+
+    start_processor()
+    latest, records = wait_for_counts(fast, expected)
+
+    assert {key: value["counts"] for key, value in latest.items()} == expected
+    for record in records:
+        value = validate_aggregate(record.value)
+        assert record.key == aggregate_key(value["event_id"], value["window_start"])
+        assert value["window_end"] - value["window_start"] == 2000
+        assert value["total"] == sum(value["counts"].values())
+        assert value["scaled"] == {emoji: scaled_count(n) for emoji, n in value["counts"].items()}
+    assert latest[aggregate_key("final", base + 4000)]["scaled"]["🔥"] == 2
+
+
+def test_an_open_window_is_rewritten_with_its_cumulative_counts_as_emoji_arrive(fast, start_processor):
+    base = window_base()
+    first = [EmojiEvent(f"viewer-{i}", "👏", base, "final", base + 100 + i) for i in range(40)]
+    second = [EmojiEvent(f"viewer-{i}", "🔥", base, "final", base + 900 + i) for i in range(25)]
+    key = aggregate_key("final", base)
+
+    start_processor()
+    produce(fast, first)
+    wait_for_counts(fast, {key: {"👏": 40}})
+    produce(fast, second)
+    latest, records = wait_for_counts(fast, {key: {"👏": 40, "🔥": 25}})
+
+    assert records[0].value["counts"] == {"👏": 40}
+    assert records[-1].value["counts"] == {"👏": 40, "🔥": 25}
+    assert latest[key]["total"] == 65
+
+
+def test_poison_records_go_to_the_dead_letter_topic_and_the_good_ones_still_count(fast, start_processor):
+    base = window_base()
+    good = emoji_events(200, base, 4000, ["final"], seed=2)
+    record = good[0].record()
+    poison = {
+        b"not json at all": aggregation.NOT_JSON_OBJECT,
+        b"\xff\xfe\x00": aggregation.NOT_UTF8,
+        json.dumps({**record, "emoji_type": "🍕"}).encode(): aggregation.UNKNOWN_EMOJI,
+        # ❤ without its variation selector is not the configured ❤️.
+        json.dumps({**record, "emoji_type": "\u2764"}).encode(): aggregation.UNKNOWN_EMOJI,
+        json.dumps({k: v for k, v in record.items() if k != "user_id"}).encode(): aggregation.BAD_USER_ID,
+        json.dumps({**record, "received_at": "later"}).encode(): aggregation.BAD_RECEIVED_AT,
+    }
+    mixed: list[Any] = list(good)
+    for i, value in enumerate(poison):
+        mixed.insert(30 * i + 7, (f"poison-{i}", value))
+    produce(fast, mixed)
+
+    processor = start_processor()
+    letters = read_topic(fast, fast.dead_letter_topic, until=len(poison), timeout=180, settle=2.0)
+    latest, _ = wait_for_counts(fast, expected_counts(good))
+
+    received = {}
+    for letter in letters:
+        text = letter.value.get("value")
+        raw = text.encode() if text is not None else base64.b64decode(letter.value["value_base64"])
+        received[raw] = letter.value["reason"]
+    assert received == poison
+    assert {letter.key for letter in letters} == {f"poison-{i}" for i in range(len(poison))}
+    assert {key: value["counts"] for key, value in latest.items()} == expected_counts(good)
+
+    port = fast.processor_metrics_port
+    assert eventually(lambda: metric(port, "emostream_processor_dead_letters_total") == len(poison))
+    assert metric(port, "emostream_processor_accepted_total") == len(good)
+    assert metric(port, "emostream_processor_rejected_total", reason=aggregation.UNKNOWN_EMOJI) == 2
+    assert metric(port, "emostream_processor_rejected_total", reason=aggregation.NOT_UTF8) == 1
+    assert metric(port, "emostream_processor_rejected_total", reason=aggregation.BAD_USER_ID) == 1
+    assert metric(port, "emostream_processor_input_rows_total") == len(mixed)
+    assert metric(port, "emostream_processor_batches_total") >= 1
+    assert metric(port, "emostream_processor_aggregates_total") >= len(latest)
+    assert metric(port, "emostream_processor_last_batch_duration_seconds") > 0
+    health = requests.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
+    assert health.status_code == 200
+    assert health.json()["query"]["active"] is True
+    assert health.json()["dead_letters"]["written"] == len(poison)
+
+    processor.stop()
+    assert metric_unreachable(port)
+
+
+def metric_unreachable(port: int) -> bool:
+    try:
+        requests.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+    except requests.ConnectionError:
+        return True
+    return False
+
+
+@pytest.mark.faults
+@pytest.mark.slow
+def test_a_killed_processor_restarts_from_its_checkpoint_and_the_counts_stay_exact(settings, log_dir):
+    run = settings.replace(
+        trigger_ms=200,
+        # Small micro-batches, so the kill lands in the middle of the backlog.
+        max_offsets_per_trigger=500,
+        processor_metrics_port=free_port(),
+    )
+    port = run.processor_metrics_port
+    base = window_base()
+    before_kill = emoji_events(4000, base, 8000, ["final", "semi"], seed=3)
+    while_down = emoji_events(1000, base + 8000, 2000, ["final", "semi"], seed=4)
+    expected = expected_counts(before_kill + while_down)
+    poison = [(f"poison-{i}", f"not json {i}".encode()) for i in range(4)]
+    produce(run, [*before_kill[:1000], poison[0], *before_kill[1000:3900], poison[1], *before_kill[3900:]])
+
+    first = ServiceProcess("emoji_processor.py", run, log_dir)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/healthz", timeout=180, process=first.process)
+        assert eventually(lambda: metric(port, "emostream_processor_batches_total") >= 3, 180), first.log()
+        read_before_kill = metric(port, "emostream_processor_input_rows_total")
+        first.kill()
+    finally:
+        first.stop()
+    assert read_before_kill < len(before_kill), "the processor finished before it was killed"
+
+    produce(run, [poison[2], *while_down, poison[3]])
+    second = ServiceProcess("emoji_processor.py", run, log_dir)
+    try:
+        latest, _ = wait_for_counts(run, expected, timeout=300)
+        assert {key: value["counts"] for key, value in latest.items()} == expected
+        # It resumed from the checkpoint instead of reading the topic again from the start.
+        total = len(before_kill) + len(while_down) + len(poison)
+        assert 0 < metric(port, "emostream_processor_input_rows_total") < total
+        assert metric(port, "emostream_processor_late_rows_total") == 0
+        # Every poison record reaches the dead-letter topic at least once, across the kill.
+        letters = read_topic(run, run.dead_letter_topic, until=lambda rs: {r.key for r in rs} >= {k for k, _ in poison})
+        assert {letter.key for letter in letters} == {key for key, _ in poison}
+    finally:
+        code = second.stop(sig=signal.SIGTERM, timeout=60)
+    log = second.log_path.read_text(errors="replace")
+    assert "resumed from the checkpoint" in log
+    assert code == 0, log
+    assert "processor stopped" in log

@@ -1,0 +1,109 @@
+"""The whole EmoStream stack as child processes, for end-to-end tests and benchmarks."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import requests
+
+from emostream.settings import Settings
+from tests.support import ServiceProcess, free_port, wait_http
+
+
+def stack_settings(settings: Settings, clusters: int = 1, subscribers_per_cluster: int = 2, **changes) -> Settings:
+    """Settings for a stack on free ports with a small topology."""
+    return settings.replace(
+        ingest_port=free_port(),
+        registration_port=free_port(),
+        processor_metrics_port=free_port(),
+        pubsub_metrics_port=free_port(),
+        manager_port=free_port(),
+        subscriber_base_port=0,
+        clusters=clusters,
+        subscribers_per_cluster=subscribers_per_cluster,
+        ingest_workers=1,
+        heartbeat_seconds=1.0,
+        heartbeat_expiry_seconds=4.0,
+        **changes,
+    )
+
+
+class Stack:
+    """processor, ingest, registration, main publisher and subscriber manager (nodes, cluster publishers)."""
+
+    SERVICES = ("emoji_processor.py", "app.py", "registration_app.py", "pubsub_service.py", "subscriber_manager.py")
+
+    def __init__(self, settings: Settings, log_dir: Path):
+        self.settings = settings
+        self.log_dir = log_dir
+        self.processes: dict[str, ServiceProcess] = {}
+
+    @property
+    def ingest_url(self) -> str:
+        return f"http://127.0.0.1:{self.settings.ingest_port}"
+
+    @property
+    def registration_url(self) -> str:
+        return f"http://127.0.0.1:{self.settings.registration_port}"
+
+    def start_service(self, script: str) -> ServiceProcess:
+        process = ServiceProcess(script, self.settings, self.log_dir)
+        self.processes[script] = process
+        return process
+
+    def start(self, timeout: float = 120.0) -> Stack:
+        for script in self.SERVICES:
+            self.start_service(script)
+        self.wait_healthy(timeout)
+        return self
+
+    def wait_healthy(self, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        s = self.settings
+        ports = {
+            "emoji_processor.py": s.processor_metrics_port,
+            "app.py": s.ingest_port,
+            "registration_app.py": s.registration_port,
+            "pubsub_service.py": s.pubsub_metrics_port,
+            "subscriber_manager.py": s.manager_port,
+        }
+        for script, port in ports.items():
+            process = self.processes.get(script)
+            if process is None:
+                continue
+            wait_http(f"http://127.0.0.1:{port}/healthz", timeout=max(1.0, deadline - time.monotonic()), process=process.process)
+        # Every initial subscriber node has announced itself.
+        wanted = s.clusters * s.subscribers_per_cluster
+        while time.monotonic() < deadline:
+            nodes = requests.get(f"{self.registration_url}/subscribers", timeout=5).json()
+            if len(_live_nodes(nodes)) >= wanted:
+                return
+            time.sleep(0.5)
+        raise TimeoutError(f"fewer than {wanted} subscriber nodes announced themselves:\n{self.logs()}")
+
+    def restart(self, script: str, sig: int = signal.SIGKILL) -> ServiceProcess:
+        self.processes[script].stop(sig=sig, timeout=30)
+        return self.start_service(script)
+
+    def logs(self, tail: int = 40) -> str:
+        parts = []
+        for script, process in self.processes.items():
+            lines = process.log().splitlines()[-tail:]
+            parts.append(f"----- {script} (exit {process.process.poll()})\n" + "\n".join(lines))
+        return "\n".join(parts)
+
+    def stop(self) -> None:
+        # Viewers' nodes go first so that nothing reconnects to a stopping stack.
+        for script in reversed(self.SERVICES):
+            process = self.processes.get(script)
+            if process is not None:
+                process.stop(timeout=40)
+
+
+def _live_nodes(membership) -> list:
+    nodes = membership.get("subscribers", membership) if isinstance(membership, dict) else membership
+    if isinstance(nodes, dict):
+        nodes = list(nodes.values())
+    return [n for n in nodes if isinstance(n, dict) and n.get("status", "live") in ("live", "alive", "up", "ready")]

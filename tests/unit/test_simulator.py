@@ -1,0 +1,78 @@
+"""The simulator's books: the ledger's window check, latency probes, the emoji mix."""
+
+import pytest
+
+from emostream.simulator import Ledger, Probes, parse_mix, percentile
+from emostream.wire import make_aggregate
+
+
+def test_a_window_is_exact_when_every_viewer_got_the_accepted_counts():
+    ledger = Ledger(window_ms=2000)
+    ledger.viewer_events = {"v1": "final", "v2": "final"}
+    ledger.accept("final", ["🔥", "🔥", "👏"], received_at=10_500)
+    ledger.accept("final", ["🔥"], received_at=11_999)
+    for viewer in ("v1", "v2"):
+        ledger.update(viewer, make_aggregate("final", 10_000, 12_000, {"🔥": 2}))
+        ledger.update(viewer, make_aggregate("final", 10_000, 12_000, {"🔥": 3, "👏": 1}))
+
+    result = ledger.check(finished_before=20_000, events=["final"])
+
+    assert result["windows_checked"] == 1
+    assert result["windows_exact"] == 1
+    assert (result["emoji_lost"], result["emoji_extra"], result["viewer_windows_missing"]) == (0, 0, 0)
+
+
+def test_an_emoji_at_window_end_belongs_to_the_next_window():
+    ledger = Ledger(window_ms=2000)
+    ledger.accept("final", ["🔥"], received_at=12_000)
+    assert ("final", 12_000) in ledger.accepted_by_window
+
+
+def test_lost_emoji_and_a_viewer_that_missed_the_window_are_reported():
+    ledger = Ledger(window_ms=2000)
+    ledger.viewer_events = {"v1": "final", "v2": "final"}
+    ledger.accept("final", ["🔥"] * 5, received_at=10_000)
+    ledger.update("v1", make_aggregate("final", 10_000, 12_000, {"🔥": 4}))
+
+    result = ledger.check(finished_before=20_000, events=["final"])
+
+    assert result["windows_exact"] == 0
+    assert result["emoji_lost"] == 1
+    assert result["viewer_windows_missing"] == 1
+    assert result["mismatches"] == [{"event_id": "final", "window_start": 10_000, "accepted": 5, "final": 4}]
+
+
+def test_windows_still_open_are_not_judged():
+    ledger = Ledger(window_ms=2000)
+    ledger.accept("final", ["🔥"], received_at=19_000)
+    assert ledger.check(finished_before=19_500, events=["final"])["windows_checked"] == 0
+
+
+def test_a_stale_aggregate_does_not_replace_a_fuller_one():
+    ledger = Ledger(window_ms=2000)
+    ledger.update("v1", make_aggregate("final", 0, 2000, {"🔥": 3}))
+    ledger.update("v1", make_aggregate("final", 0, 2000, {"🔥": 1}))  # a replay
+    assert ledger.final_by_viewer["v1"][("final", 0)]["total"] == 3
+
+
+def test_probe_latency_is_measured_from_the_tap_to_the_first_aggregate_counting_it():
+    probes = Probes(window_ms=2000)
+    probes.record(received_at=10_100, sent_at=10.0)
+    probes.record(received_at=10_600, sent_at=10.5)
+    probes.observe({"window_start": 10_000, "total": 1}, arrived_at=10.9)
+    probes.observe({"window_start": 10_000, "total": 1}, arrived_at=11.0)  # nothing new counted
+    probes.observe({"window_start": 10_000, "total": 2}, arrived_at=11.3)
+    assert [round(x) for x in probes.latencies_ms] == [900, 800]
+
+
+def test_percentile_uses_the_nearest_rank():
+    assert percentile([], 50) is None
+    assert percentile([5, 1, 3, 2, 4], 50) == 3
+    assert percentile(list(range(1, 101)), 99) == 99
+
+
+def test_mix_weights_must_name_configured_emoji():
+    assert parse_mix("🔥=5,👏", ("🔥", "👏", "😂")) == {"🔥": 5.0, "👏": 1.0}
+    assert parse_mix("", ("🔥", "👏")) == {"🔥": 1.0, "👏": 1.0}
+    with pytest.raises(ValueError, match="not one of the configured emoji"):
+        parse_mix("💩=1", ("🔥",))
