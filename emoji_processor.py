@@ -100,6 +100,7 @@ def create_processor(spark: SparkSession, settings: Settings) -> Processor:
     return Processor(
         spark,
         settings,
+        query_name=QUERY_NAME,
         start_query=lambda: start_query(spark, settings),
         write_dead_letters=batch_job(spark, settings, lambda records: dead_letters_of(records, settings)),
         dead_letter_position=checkpoint(settings, "dead-letters.json"),

@@ -350,7 +350,7 @@ class Scenario:
             clusters=clusters,
             subscribers_per_cluster=nodes,
             max_subscribers_per_cluster=nodes,
-            subscriber_capacity=max(args.viewers),  # no scaling during a measurement
+            subscriber_capacity=2 * max(args.viewers),  # never "full": no scaling during a measurement
             subscriber_base_port=0,
             registration_port=free_port(),
             manager_port=free_port(),

@@ -113,7 +113,9 @@ class Settings:
     token_ttl_seconds: int = _doc("Lifetime of a viewer token.", 3600)
 
     # Operations
-    ops_host: str = _doc("Address of the publishers' and the manager's /healthz and /metrics.", "127.0.0.1")
+    ops_host: str = _doc(
+        "Address of the processor's, the publishers' and the manager's /healthz and /metrics.", "127.0.0.1"
+    )
     processor_metrics_port: int = _doc("Port of the processor's /healthz and /metrics.", 5100)
     pubsub_metrics_port: int = _doc("Port of the main publisher's /healthz and /metrics.", 5101)
     manager_port: int = _doc("Port of the subscriber manager's /healthz and /metrics.", 5102)

@@ -9,7 +9,8 @@ from pathlib import Path
 import requests
 
 from emostream.settings import Settings
-from tests.support import ServiceProcess, free_port, wait_http
+from emostream.wire import now_ms
+from tests.support import ServiceProcess, free_port, read_topic, wait_http
 
 
 def stack_settings(settings: Settings, clusters: int = 1, subscribers_per_cluster: int = 2, **changes) -> Settings:
@@ -57,7 +58,28 @@ class Stack:
         for script in self.SERVICES:
             self.start_service(script)
         self.wait_healthy(timeout)
+        self.warm_up(timeout)
         return self
+
+    def warm_up(self, timeout: float = 120.0) -> None:
+        """One emoji through the whole pipeline: a fresh processor's first batches are slow."""
+        event_id = "warmup"
+        body = {
+            "user_id": "warmup",
+            "emoji_type": self.settings.emoji_types[0],
+            "timestamp": now_ms(),
+            "event_id": event_id,
+        }
+        answer = requests.post(f"{self.ingest_url}/emoji", json=body, timeout=10)
+        answer.raise_for_status()
+        records = read_topic(
+            self.settings,
+            self.settings.aggregate_topic,
+            until=lambda got: any(isinstance(r.value, dict) and r.value.get("event_id") == event_id for r in got),
+            timeout=timeout,
+        )
+        if not any(isinstance(r.value, dict) and r.value.get("event_id") == event_id for r in records):
+            raise TimeoutError(f"no aggregate came out of the processor within {timeout:.0f} s:\n{self.logs()}")
 
     def wait_healthy(self, timeout: float = 120.0) -> None:
         deadline = time.monotonic() + timeout
@@ -73,7 +95,11 @@ class Stack:
             process = self.processes.get(script)
             if process is None:
                 continue
-            wait_http(f"http://127.0.0.1:{port}/healthz", timeout=max(1.0, deadline - time.monotonic()), process=process.process)
+            wait_http(
+                f"http://127.0.0.1:{port}/healthz",
+                timeout=max(1.0, deadline - time.monotonic()),
+                process=process.process,
+            )
         # Every initial subscriber node has announced itself.
         wanted = s.clusters * s.subscribers_per_cluster
         while time.monotonic() < deadline:

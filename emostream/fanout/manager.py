@@ -42,6 +42,9 @@ log = logging.getLogger(__name__)
 
 # A launched node that has not heartbeated within this long is treated as hung.
 STARTUP_GRACE_SECONDS = 30.0
+# A running node silent this long is hung, not merely slow (it is out of the
+# membership long before: that is what keeps viewers and aggregates away from it).
+HUNG_SILENCE_SECONDS = 60.0
 # A node asked to leave that is still running after this long is killed.
 LEAVE_TIMEOUT_SECONDS = 30.0
 
@@ -299,6 +302,7 @@ class SubscriberManager:
         self._ever_launched: set[str] = set()
         self._publishers_started: set[int] = set()
         self._idle_since: dict[str, int] = {}
+        self._at_maximum: set[int] = set()
         self._stop = threading.Event()
         self.running = False
         self.registry = CollectorRegistry()
@@ -342,16 +346,29 @@ class SubscriberManager:
     def _reap_dead(self, now: int) -> None:
         for node_id in list(self._launched):
             if self.launcher.node_alive(node_id):
-                launched_at = self._launched[node_id]
-                record = self.membership.get(node_id)
-                silent = record is None or not self.membership.is_alive(record, now)
-                if silent and now - launched_at > STARTUP_GRACE_SECONDS * 1000:
-                    log.warning("subscriber %s is running but silent; killing it", node_id)
+                if self._hung(node_id, now):
                     self.launcher.stop_node(node_id, force=True)
                     self._forget(node_id, pid=None)
                 continue
             log.warning("subscriber %s exited", node_id)
             self._forget(node_id, pid=self.launcher.node_pid(node_id))
+
+    def _hung(self, node_id: str, now: int) -> bool:
+        """A process that never came up, or has said nothing for far longer than an overload explains.
+
+        A late heartbeat alone is not enough: a node starved of CPU misses a few, and
+        killing it would throw all its viewers onto the others, which are just as busy.
+        """
+        record = self.membership.get(node_id)
+        pid = self.launcher.node_pid(node_id)
+        if record is None or (pid is not None and record.pid not in (None, pid)):
+            silent_ms, limit_s = now - self._launched[node_id], STARTUP_GRACE_SECONDS  # not heard from yet
+        else:
+            silent_ms, limit_s = now - record.heartbeat_at, HUNG_SILENCE_SECONDS
+        if silent_ms <= limit_s * 1000:
+            return False
+        log.warning("subscriber %s has been running silent for %.0f s; killing it", node_id, silent_ms / 1000)
+        return True
 
     def _forget(self, node_id: str, pid: int | None) -> None:
         """Drop a dead node at once instead of waiting for its heartbeat to expire."""
@@ -400,10 +417,14 @@ class SubscriberManager:
         if not members or self._starting(cluster, live):
             return  # wait for the node on its way before judging again
         if not all(self._full(node) for node in members):
+            self._at_maximum.discard(cluster)
             return
         if len(members) >= self.settings.max_subscribers_per_cluster:
-            log.warning("cluster %d is full and at its maximum of %d nodes", cluster, len(members))
+            if cluster not in self._at_maximum:  # once per episode, not every step
+                log.warning("cluster %d is full and at its maximum of %d nodes", cluster, len(members))
+                self._at_maximum.add(cluster)
             return
+        self._at_maximum.discard(cluster)
         taken = {parse_subscriber_id(n)[1] for n in [*self._launched, *live] if parse_subscriber_id(n)[0] == cluster}
         index = next(i for i in range(len(taken) + 1) if i not in taken)
         node_id = subscriber_id(cluster, index)

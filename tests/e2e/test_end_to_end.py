@@ -59,6 +59,7 @@ def crowd_plan(stack: Stack, **changes) -> CrowdPlan:
         burst_factor=4.0,
         window_ms=settings.window_seconds * 1000,
         watermark_ms=settings.watermark_ms,
+        drain=60.0,  # at most: the crowd stops waiting as soon as every window is exact
         seed=7,
     )
     plan.update(changes)

@@ -7,7 +7,6 @@ a token secret unique to the run, so a test can grep every log for it.
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -94,14 +93,3 @@ def security_stack(base_settings: Settings, tmp_path_factory: pytest.TempPathFac
     finally:
         for service in reversed(list(stack.services.values())):
             service.stop()
-
-
-def wait_for(condition, timeout: float, interval: float = 0.1):
-    """Poll ``condition`` until truthy; return its value, or None after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(interval)
-    return None

@@ -31,7 +31,7 @@ from emostream.settings import ROOT, Settings
 from emostream.viewer import EMOJI_UPDATE
 from emostream.wire import TokenClaims, issue_token
 from tests.fanout_support import live_nodes, publish_aggregates, wait_until, windows
-from tests.security.conftest import SecurityStack, wait_for
+from tests.security.conftest import SecurityStack
 
 pytestmark = pytest.mark.integration
 
@@ -312,6 +312,3 @@ def _node_urls(stack: SecurityStack) -> list[str]:
 async def _until(condition) -> None:
     while not condition():
         await asyncio.sleep(0.05)
-
-
-__all__ = ["wait_for"]

@@ -289,3 +289,18 @@ def test_a_node_that_runs_but_never_heartbeats_is_killed_and_restarted(topology)
     assert ("c0-s0", True) in launcher.stopped
     manager.reconcile()
     assert launcher.started.count("c0-s0") == 2
+
+
+def test_a_node_whose_heartbeats_are_late_is_left_alone_until_it_is_clearly_hung(topology):
+    settings, members, launcher, clock, manager, _ = topology
+    manager.reconcile()
+    beat(members, launcher, clock)
+    pid = launcher.nodes["c0-s0"]
+
+    clock.now += 20_000  # far past the expiry: out of the membership, but maybe just starved of CPU
+    manager.reconcile()
+    assert launcher.nodes.get("c0-s0") == pid and launcher.stopped == []
+
+    clock.now += 45_000  # over a minute of silence: hung
+    manager.reconcile()
+    assert ("c0-s0", True) in launcher.stopped
