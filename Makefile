@@ -1,5 +1,5 @@
 # EmoStream: the two commands are `make run` and `make test`.
-.PHONY: setup run test test-quick lint format bench kafka-start kafka-stop topics clean
+.PHONY: setup run test test-all test-quick lint format bench kafka-start kafka-stop topics clean
 
 setup:           ## venv, Python packages, Maven jars, npm packages
 	bin/setup
@@ -9,6 +9,9 @@ run:             ## the whole stack on this machine; Ctrl-C stops it all
 
 test:            ## the suite CI runs (starts its own broker and Spark)
 	bin/test
+
+test-all:        ## everything, the long fault runs too
+	bin/test -m ""
 
 test-quick:      ## unit tests only: no broker, no Spark
 	bin/test tests/unit

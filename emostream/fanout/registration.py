@@ -267,7 +267,6 @@ def serve(settings: Settings) -> None:
     from gevent.pywsgi import WSGIServer
 
     from emostream.fanout.ops import ensure_fanout_topics
-
     from emostream.webui import blueprint as web_blueprint
 
     ensure_fanout_topics(settings)

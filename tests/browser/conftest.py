@@ -51,7 +51,9 @@ def _missing(reason: str) -> None:
     pytest.skip(reason)
 
 
-@pytest.fixture(scope="session")
+# Package scope: Playwright's sync API runs an event loop in this thread while it lives, and
+# the rest of the suite calls asyncio.run(), so the browser must be gone when this package ends.
+@pytest.fixture(scope="package")
 def browser():
     if not CHROMIUM.is_file() and os.environ.get("CI") and os.geteuid() == 0:
         # A fresh CI machine: the project's own installer fetches Debian's package.

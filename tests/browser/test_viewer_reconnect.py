@@ -15,7 +15,7 @@ from playwright.sync_api import expect
 
 from tests.browser.conftest import event_id, membership, screenshot, wait_for_window_start
 
-pytestmark = [pytest.mark.browser, pytest.mark.integration, pytest.mark.spark, pytest.mark.faults, pytest.mark.slow]
+pytestmark = [pytest.mark.browser, pytest.mark.integration, pytest.mark.spark, pytest.mark.faults]
 
 
 def node_pid(stack, subscriber_id: str) -> int:

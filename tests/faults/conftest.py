@@ -98,8 +98,11 @@ class FaultStack(Stack):
 
     def start(self, timeout: float = 180.0) -> FaultStack:
         self.pool = IngestPool(self.settings, self.log_dir)
-        super().start(timeout)
+        for script in self.SERVICES:
+            self.start_service(script)
         self.pool.wait_ready(timeout)
+        self.wait_healthy(timeout)
+        self.warm_up(timeout)  # through the pool, like every emoji of the tests
         return self
 
     def logs(self, tail: int = 40) -> str:
