@@ -54,4 +54,4 @@ def metrics_response(registry: CollectorRegistry | None = None) -> Response:
         from prometheus_client import REGISTRY
 
         registry = REGISTRY
-    return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)

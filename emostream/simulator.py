@@ -241,16 +241,20 @@ class Crowd:
         return plan.rate
 
     async def _post(
-        self, session: aiohttp.ClientSession, event_id: str, user_ids: list[str], emoji: list[str]
+        self, session: aiohttp.ClientSession, event_id: str, user_ids: list[str], emoji: list[str], books: bool = True
     ) -> int | None:
-        """Send one request; return the received_at ingest stamped, or None when refused."""
+        """Send one request; return the received_at ingest stamped, or None when refused.
+
+        ``books=False`` keeps latency probes out of the crowd's ledger.
+        """
         stamp = now_ms()
         items = [
             {"user_id": u, "emoji_type": e, "timestamp": stamp, "event_id": event_id}
             for u, e in zip(user_ids, emoji, strict=True)
         ]
         path, body = ("/emoji", items[0]) if len(items) == 1 else ("/emojis", items)
-        self.ledger.sent += len(items)
+        if books:
+            self.ledger.sent += len(items)
         for attempt in range(4):
             url = self.plan.ingest_urls[self._ingest_index % len(self.plan.ingest_urls)] + path
             sent_at = time.time()
@@ -320,7 +324,7 @@ class Crowd:
         user = f"probe-{self.run_id}"
         while True:
             sent_at = time.time()
-            received_at = await self._post(session, self.probe_event, [user], [self._emoji[0]])
+            received_at = await self._post(session, self.probe_event, [user], [self._emoji[0]], books=False)
             if received_at is not None:
                 self.probes.record(received_at, sent_at)
             await asyncio.sleep(self.plan.probe_interval)

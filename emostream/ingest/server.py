@@ -130,6 +130,6 @@ def serve_dev(settings: Settings) -> None:
     # The development server has no graceful stop of its own: turn SIGTERM into a clean exit.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     try:
-        app.run(host=settings.ingest_host, port=settings.ingest_port, threaded=True, use_reloader=False)
+        app.run(host=settings.ingest_host, port=settings.ingest_port, threaded=True, use_reloader=False, debug=False)
     finally:
         shutdown(app, FLUSH_TIMEOUT)

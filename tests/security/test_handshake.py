@@ -43,6 +43,8 @@ class Handshake:
         opening = self.ws.recv()
         if not (isinstance(opening, str) and opening.startswith("0{")):
             raise AssertionError(f"not an Engine.IO open packet: {opening!r}")
+        # A refusal comes back in milliseconds; some garbage is silently ignored: do not wait long.
+        self.ws.settimeout(1.0)
 
     def connect(self, auth_json: str | None) -> str:
         """Send a Socket.IO CONNECT to "/" with the given raw JSON; 'accepted', 'refused' or 'closed'."""

@@ -1,0 +1,181 @@
+"""End-to-end benchmark: the whole stack on the 3 × 3 topology under a simulated crowd.
+
+    .venv/bin/python bench/e2e_bench.py                          1,000 viewers, 2,000 emoji/s, 60 s
+    .venv/bin/python bench/e2e_bench.py --viewers 200 --rate 500 --duration 20
+
+Runs the crowd twice in the same invocation: the processor at its default 500 ms trigger, and
+the baseline at a 2 s trigger. Prints sustained emoji/s, end-to-end latency (probe tap → first
+aggregate counting it) p50/p95/p99, loss, and CPU seconds and peak memory per component.
+Starts its own broker on a free port; everything binds 127.0.0.1 and stops at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from emostream import kafka  # noqa: E402
+from emostream.localkafka import BrokerNode  # noqa: E402
+from emostream.settings import ROOT, Settings  # noqa: E402
+from emostream.simulator import Crowd, CrowdPlan, parse_mix  # noqa: E402
+from tests.stack import Stack, stack_settings  # noqa: E402
+from tests.support import free_port  # noqa: E402
+
+
+class Usage:
+    """CPU seconds and peak resident memory of each service's process tree."""
+
+    def __init__(self, stack: Stack):
+        self.stack = stack
+        self.peak: dict[str, int] = {}
+        self.cpu_start: dict[str, float] = {}
+
+    def _tree(self, script: str) -> list[psutil.Process]:
+        try:
+            root = psutil.Process(self.stack.processes[script].pid)
+            return [root, *root.children(recursive=True)]
+        except psutil.Error:
+            return []
+
+    def _cpu(self, script: str) -> float:
+        total = 0.0
+        for process in self._tree(script):
+            try:
+                times = process.cpu_times()
+                total += times.user + times.system
+            except psutil.Error:
+                pass
+        return total
+
+    def start(self) -> None:
+        self.cpu_start = {script: self._cpu(script) for script in self.stack.processes}
+
+    async def sample(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            for script in self.stack.processes:
+                rss = 0
+                for process in self._tree(script):
+                    try:
+                        rss += process.memory_info().rss
+                    except psutil.Error:
+                        pass
+                self.peak[script] = max(self.peak.get(script, 0), rss)
+            await asyncio.sleep(1)
+
+    def report(self) -> dict[str, tuple[float, int]]:
+        return {s: (self._cpu(s) - self.cpu_start.get(s, 0.0), self.peak.get(s, 0)) for s in self.stack.processes}
+
+
+async def measure(stack: Stack, args: argparse.Namespace) -> tuple[dict, dict]:
+    settings = stack.settings
+    plan = CrowdPlan(
+        ingest_urls=(stack.ingest_url,),
+        registration_url=stack.registration_url,
+        viewers=args.viewers,
+        rate=args.rate,
+        duration=args.duration,
+        events=("final", "semi", "quarter"),
+        mix=parse_mix("", settings.emoji_types),
+        batch=args.batch,
+        window_ms=settings.window_seconds * 1000,
+        watermark_ms=settings.watermark_ms,
+        drain=60.0,
+        seed=1,
+    )
+    usage = Usage(stack)
+    usage.start()
+    stop = asyncio.Event()
+    sampler = asyncio.create_task(usage.sample(stop))
+    report = await Crowd(plan).run()
+    stop.set()
+    await sampler
+    return report, usage.report()
+
+
+def run_config(name: str, trigger_ms: int, base: Settings, work: Path, args) -> tuple[dict, dict]:
+    tag = uuid.uuid4().hex[:8]
+    settings = stack_settings(
+        base.replace(
+            emoji_topic=f"emoji_topic.{tag}",
+            aggregate_topic=f"aggregated_emoji_topic.{tag}",
+            dead_letter_topic=f"emoji_dead_letter_topic.{tag}",
+            membership_topic=f"emostream_subscribers.{tag}",
+            cluster_topic_prefix=f"emostream_cluster.{tag}.",
+        ),
+        clusters=3,
+        subscribers_per_cluster=3,
+        trigger_ms=trigger_ms,
+        checkpoint_dir=str(work / f"checkpoint-{tag}"),
+        ingest_workers=2,
+        rate_limit_per_user=1000.0,
+        rate_burst_per_user=1000,
+    )
+    kafka.ensure_topics(settings)
+    log_dir = work / f"logs-{name}"
+    log_dir.mkdir()
+    stack = Stack(settings, log_dir)
+    try:
+        stack.start(timeout=300)
+        print(
+            f"[{name}] stack up; crowd of {args.viewers} viewers at {args.rate:.0f} emoji/s for {args.duration:.0f} s",
+            flush=True,
+        )
+        return asyncio.run(measure(stack, args))
+    finally:
+        stack.stop()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--viewers", type=int, default=1000)
+    parser.add_argument("--rate", type=float, default=2000.0)
+    parser.add_argument("--duration", type=float, default=60.0)
+    parser.add_argument("--batch", type=int, default=10, help="emoji per request from the crowd")
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="emostream-e2e-bench-"))
+    port = free_port()
+    node = BrokerNode(
+        home=work / "kafka", port=port, controller_port=free_port(), heap="512m", jars=ROOT / "build" / "jars" / "kafka"
+    )
+    node.start()
+    base = Settings.from_env(
+        environ={}, kafka_bootstrap=node.bootstrap, state_dir=str(work), spark_ui=False, token_secret=uuid.uuid4().hex
+    )
+    results = {}
+    try:
+        for name, trigger in (("trigger 500 ms", 500), ("baseline: trigger 2 s", 2000)):
+            results[name] = run_config(name, trigger, base, work, args)
+    finally:
+        node.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+    print()
+    print("| run | emoji/s accepted | latency p50 / p95 / p99 (ms) | windows exact | lost | twice |")
+    print("| --- | ---: | --- | --- | ---: | ---: |")
+    for name, (report, _) in results.items():
+        lat = report["latency_ms"]
+        print(
+            f"| {name} | {report['accepted_per_second']:,.0f} | {lat['p50']} / {lat['p95']} / {lat['p99']} "
+            f"| {report['windows_exact']}/{report['windows_checked']} | {report['emoji_lost']} | {report['emoji_extra']} |"
+        )
+    print()
+    print("| run | component | CPU s | peak RSS MB |")
+    print("| --- | --- | ---: | ---: |")
+    for name, (_, usage) in results.items():
+        for script, (cpu, rss) in usage.items():
+            print(f"| {name} | {script} | {cpu:.1f} | {rss / 2**20:.0f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
