@@ -15,7 +15,7 @@ from tests.support import ServiceProcess, free_port, read_topic, wait_http
 
 def stack_settings(settings: Settings, clusters: int = 1, subscribers_per_cluster: int = 2, **changes) -> Settings:
     """Settings for a stack on free ports with a small topology."""
-    return settings.replace(
+    defaults = dict(
         ingest_port=free_port(),
         registration_port=free_port(),
         processor_metrics_port=free_port(),
@@ -27,8 +27,8 @@ def stack_settings(settings: Settings, clusters: int = 1, subscribers_per_cluste
         ingest_workers=1,
         heartbeat_seconds=1.0,
         heartbeat_expiry_seconds=4.0,
-        **changes,
     )
+    return settings.replace(**(defaults | changes))
 
 
 class Stack:
