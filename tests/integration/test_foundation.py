@@ -105,10 +105,13 @@ def test_kafka_topics_tool_defaults_to_the_configured_bootstrap(settings):
 @pytest.fixture
 def spare_node(tmp_path):
     port = free_port()
+    controller_port = free_port()
+    while controller_port == port:  # two free ports in a row may be the same one
+        controller_port = free_port()
     node = BrokerNode(
         home=tmp_path / "kafka",
         port=port,
-        controller_port=free_port(),
+        controller_port=controller_port,
         heap="256m",
         jars=ROOT / "build" / "jars" / "kafka",
     )
