@@ -182,7 +182,8 @@ class BrokerNode:
         if (self.data_dir / "meta.properties").exists():
             return
         cluster_id = self.cluster_id or _random_cluster_id()
-        args = ["format", "-t", cluster_id, "-c", str(self.config_file), "--ignore-formatted"]
+        # "--cluster-id=": a base64 id may start with "-", which would read as an option.
+        args = ["format", f"--cluster-id={cluster_id}", "-c", str(self.config_file), "--ignore-formatted"]
         if self.quorum:
             args += ["--initial-controllers", ",".join(_with_directory_ids(self.quorum, cluster_id))]
         else:
