@@ -175,19 +175,22 @@ def test_an_ingest_instance_stopped_mid_load_loses_nothing_it_acknowledged(fault
     port = stack.settings.ingest_port
 
     async def stop_one_instance() -> dict:
-        spread = listening_children(stack.pool.process.pid, port)
-        victim = stack.pool.instance_pids()[0]
+        # The kernel hashes each connection to one instance, so a small pool of client
+        # connections may all land on one of them: stop the one that holds the most, so the
+        # clients it served must move to the other.
+        held = listening_children(stack.pool.process.pid, port)
+        victim = max(held, key=held.get)
         kill_group(victim, signal.SIGTERM)  # what a rolling restart or a scale-down does
         replaced = await asyncio.to_thread(_wait_for_replacement, stack, victim)
-        return {"connections_per_instance_before": list(spread.values()), "replaced_after_s": replaced}
+        return {"instances": len(held), "victim_connections": held[victim], "replaced_after_s": replaced}
 
     report, outcome = asyncio.run(run_with_fault(crowd, stop_one_instance, after=6.0))
     books = audit(stack.settings, crowd)
     summary("ingest instance stopped (SIGTERM) in a pool of 2", report, books, **outcome)
 
-    # The kernel spread the crowd's connections over both instances before the stop.
-    assert len(outcome["connections_per_instance_before"]) == 2
-    assert all(count > 0 for count in outcome["connections_per_instance_before"]), outcome
+    # The stopped instance was serving the crowd when it went.
+    assert outcome["instances"] == 2
+    assert outcome["victim_connections"] > 0, outcome
     assert_every_acknowledged_emoji_counted_once(books, stack.logs())
 
 
