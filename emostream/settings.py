@@ -65,6 +65,14 @@ class Settings:
     flush_max_events: int = _doc("Buffered emoji that make an ingest worker send before the interval ends.", 10_000)
     flush_interval_ms: int = _doc("How often ingest sends its buffer to Kafka.", 500)
     buffer_max: int = _doc("Emoji an ingest worker holds before it answers 503.", 200_000)
+    ingest_journal: bool = _doc(
+        "Write each accepted request to the ingest journal before answering 202, so a killed worker loses nothing.",
+        True,
+    )
+    ingest_journal_fsync: bool = _doc(
+        "Sync the ingest journal to disk before each 202 (survives a machine crash too; costs a disk flush per request).",
+        False,
+    )
     ingest_max_lag_ms: int = _doc(
         "Wait of the oldest unsent emoji past its flush above which ingest answers 503 (keep it below the watermark).",
         1500,

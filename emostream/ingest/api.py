@@ -129,6 +129,10 @@ class Ingest:
             self.limiter.refund(demand)
             if offered is Offer.CLOSED:
                 raise Rejected(503, "shutting_down", "ingest is shutting down; try again", retry_after=1)
+            if offered is Offer.NOT_WRITTEN:
+                raise Rejected(
+                    503, "journal_unavailable", "ingest cannot write its journal; try again shortly", retry_after=1
+                )
             raise Rejected(503, "buffer_full", "the ingest buffer is full; try again shortly", retry_after=1)
         metrics.ACCEPTED.inc(len(records))
         return len(records), received_at
@@ -222,5 +226,5 @@ def ingest_of(app: Flask | None = None) -> Ingest:
 
 
 def shutdown(app: Flask, timeout: float) -> int:
-    """Flush ``app``'s buffer to Kafka before the process exits; returns emoji spooled instead."""
+    """Flush ``app``'s buffer to Kafka before the process exits; returns emoji left in the journal instead."""
     return ingest_of(app).batcher.close(timeout)

@@ -16,34 +16,38 @@ Delivery rules, which give "nothing accepted is lost, none twice":
 - Only a record the producer refused (``send`` raised) or whose future failed is sent
   again. A failed future after ``delivery_timeout_ms`` (two minutes of outage) is one case
   where the broker may already hold the record, so a duplicate can appear there.
-- On shutdown whatever Kafka has not acknowledged within the grace period is written to
-  a spool file in ``state_dir``; the next ingest start sends it first. A record cut off
-  while its produce request was on the wire is the other case that can duplicate.
+- Every accepted request is in the worker's journal (:mod:`emostream.ingest.journal`) before
+  it is answered, until Kafka acknowledges it; a worker that dies, even by SIGKILL, leaves
+  its unacknowledged emoji there and another worker sends them within about a second.
+- On shutdown whatever Kafka has not acknowledged within the grace period stays in the
+  journal for the next worker. A record cut off while its produce request was on the wire
+  is the other case that can duplicate.
 """
 
 from __future__ import annotations
 
 import enum
-import json
 import logging
-import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 from emostream import kafka
 from emostream.ingest import metrics
+from emostream.ingest.journal import Journal, Record, Segment
 from emostream.settings import Settings
 
 log = logging.getLogger(__name__)
 
-Record = tuple[str, bytes]  # (Kafka key, JSON value)
+Entry = tuple[str, bytes, Segment | None]  # a record and the journal segment that holds it
 
 # How often a flush yields to request threads while it hands records to the producer.
 YIELD_EVERY = 200
+# How often a worker looks for what stopped workers left in the journal (seconds).
+RECOVERY_INTERVAL = 1.0
 
 
 class Future(Protocol):
@@ -51,6 +55,8 @@ class Future(Protocol):
     exception: BaseException | None
 
     def succeeded(self) -> bool: ...
+
+    def add_callback(self, f: Callable[[Any], None]) -> Any: ...
 
 
 class Producer(Protocol):
@@ -65,6 +71,7 @@ class Offer(enum.Enum):
     ACCEPTED = "accepted"
     FULL = "full"
     CLOSED = "closed"
+    NOT_WRITTEN = "not_written"  # the journal could not take it (disk full, I/O error)
 
 
 def ingest_producer(settings: Settings) -> Producer:
@@ -123,7 +130,8 @@ class EmojiBatcher:
         self.capacity = settings.buffer_max
         self.interval = settings.flush_interval_ms / 1000
         self.flush_max = max(1, settings.flush_max_events)
-        self.spool_dir = Path(settings.state_dir) / "ingest-spool"
+        self.journal = Journal(Path(settings.state_dir) / "ingest-journal", fsync=settings.ingest_journal_fsync)
+        self.write_ahead = settings.ingest_journal
         self.give_up_after = settings.kafka_unavailable_seconds
         self._producer_factory = producer_factory or (lambda: ingest_producer(settings))
         self._probe = probe if probe is not None else admin_probe(settings)
@@ -140,8 +148,8 @@ class EmojiBatcher:
         self._closing = False
 
         # Owned by the flusher thread.
-        self._retry: list[Record] = []  # refused or failed: sent before newer records
-        self._in_flight: list[tuple[Future, str, bytes]] = []
+        self._retry: list[Entry] = []  # refused or failed: sent before newer records
+        self._in_flight: list[tuple[Future, str, bytes, Segment | None]] = []
         self._progress_cursor = 0  # in-flight records before this index are known to be done
         self._producer: Producer | None = None
 
@@ -159,6 +167,7 @@ class EmojiBatcher:
     # ------------------------------------------------------------------ request threads
 
     def start(self) -> EmojiBatcher:
+        self.journal.open()
         self._flusher.start()
         self._prober.start()
         return self
@@ -170,6 +179,13 @@ class EmojiBatcher:
                 return Offer.CLOSED
             if self._held + len(records) > self.capacity:
                 return Offer.FULL
+            if self.write_ahead:
+                try:
+                    self.journal.append(records)
+                except OSError as error:
+                    metrics.JOURNAL_ERRORS.inc()
+                    log.error("cannot write %d emoji to the journal: %s", len(records), error)
+                    return Offer.NOT_WRITTEN
             self._pending.extend(records)
             self._held += len(records)
             self._arrivals.append([self._clock(), len(records)])
@@ -215,9 +231,9 @@ class EmojiBatcher:
     # ------------------------------------------------------------------ shutdown
 
     def close(self, timeout: float = 20.0) -> int:
-        """Stop taking emoji, send what is held, wait up to ``timeout`` s for Kafka; spool the rest.
+        """Stop taking emoji, send what is held, wait up to ``timeout`` s for Kafka; journal the rest.
 
-        Returns the number of emoji that went to the spool instead of Kafka.
+        Returns the number of emoji left in the journal for the next worker instead of Kafka.
         """
         with self._lock:
             if self._closing:
@@ -235,12 +251,10 @@ class EmojiBatcher:
     # ------------------------------------------------------------------ flusher thread
 
     def _run(self) -> None:
-        try:
-            self._load_spool()
-        except OSError as error:  # an unreadable spool folder must not stop this worker's deliveries
-            log.error("cannot read the spool in %s: %s", self.spool_dir, error)
+        self._recover()
         self._connect()  # early, so the first requests' flush does not wait for the bootstrap
         next_flush = time.monotonic() + self.interval
+        next_recovery = time.monotonic() + RECOVERY_INTERVAL
         while True:
             with self._lock:
                 while not self._closing and len(self._pending) < self.flush_max:
@@ -254,6 +268,9 @@ class EmojiBatcher:
                 if closing:
                     self._drain()
                     return
+                if time.monotonic() >= next_recovery:
+                    next_recovery = time.monotonic() + RECOVERY_INTERVAL
+                    self._recover()
                 self._tick()
             except Exception:
                 # A bug here must not silently stop deliveries: log it and keep ticking.
@@ -262,8 +279,7 @@ class EmojiBatcher:
 
     def _tick(self) -> None:
         self._collect()
-        with self._lock:
-            batch, self._pending = self._pending, []
+        batch = self._take()
         if self._retry:
             batch, self._retry = self._retry + batch, []
         self._send(batch)
@@ -271,7 +287,14 @@ class EmojiBatcher:
         metrics.KAFKA_DOWN_SECONDS.set(self.unavailable_for())
         metrics.LAG_SECONDS.set(self.lag())
 
-    def _send(self, batch: list[Record]) -> None:
+    def _take(self) -> list[Entry]:
+        """The buffered records, each with the journal segment that holds them."""
+        with self._lock:
+            pending, self._pending = self._pending, []
+            segment = self.journal.rotate(len(pending)) if self.write_ahead else None
+        return [(key, value, segment) for key, value in pending]
+
+    def _send(self, batch: list[Entry]) -> None:
         if not batch:
             return
         if self._waiting_since is None:
@@ -283,7 +306,7 @@ class EmojiBatcher:
             return
         topic = self.topic
         in_flight = self._in_flight
-        for index, (key, value) in enumerate(batch):
+        for index, (key, value, segment) in enumerate(batch):
             try:
                 future = producer.send(topic, key=key, value=value)
             except Exception as error:
@@ -296,7 +319,9 @@ class EmojiBatcher:
                 if not _retriable(error):
                     self._reset_producer()
                 break
-            in_flight.append((future, key, value))
+            if segment is not None:
+                future.add_callback(segment.acknowledged)  # the segment goes when its last record is in
+            in_flight.append((future, key, value, segment))
             if index % YIELD_EVERY == YIELD_EVERY - 1:
                 self._observe_progress()
                 time.sleep(0)  # let request threads (or greenlets) run during a long hand-over
@@ -307,9 +332,9 @@ class EmojiBatcher:
         if not self._in_flight:
             self._note_waiting()
             return 0
-        still: list[tuple[Future, str, bytes]] = []
+        still: list[tuple[Future, str, bytes, Segment | None]] = []
         delivered = 0
-        failed: list[Record] = []
+        failed: list[Entry] = []
         first_error: BaseException | None = None
         for entry in self._in_flight:
             future = entry[0]
@@ -318,7 +343,7 @@ class EmojiBatcher:
             elif future.exception is None:
                 delivered += 1
             else:
-                failed.append((entry[1], entry[2]))
+                failed.append((entry[1], entry[2], entry[3]))
                 first_error = first_error or future.exception
         self._in_flight = still
         self._progress_cursor = 0
@@ -384,14 +409,12 @@ class EmojiBatcher:
         close_now(producer)
 
     def _drain(self) -> None:
-        """Shutdown: send everything and wait for acknowledgements; spool the rest.
+        """Shutdown: send everything and wait for acknowledgements; leave the rest in the journal.
 
         The wait ends at the deadline, or sooner once Kafka has been unreachable for
-        ``kafka_unavailable_seconds``: waiting longer would only delay the spool.
+        ``kafka_unavailable_seconds``: waiting longer would only delay the next worker.
         """
-        with self._lock:
-            batch, self._pending = self._pending, []
-        batch, self._retry = self._retry + batch, []
+        batch, self._retry = self._retry + self._take(), []
         self._send(batch)
         while time.monotonic() < self._drain_deadline and self.unavailable_for() < self.give_up_after:
             if self._producer is not None and self._in_flight:
@@ -408,65 +431,46 @@ class EmojiBatcher:
                 if self._retry:
                     time.sleep(0.2)
         # Close first (without waiting: the grace period is over), so nothing the producer still
-        # holds can reach Kafka after it has been counted as spooled.
+        # holds can reach Kafka after it has been counted as left in the journal.
         if self._producer is not None:
             close_now(self._producer)
             self._producer = None
         self._collect()
-        leftover = self._retry + [(key, value) for _, key, value in self._in_flight]
+        leftover = [(key, value) for key, value, _ in self._retry] + [
+            (key, value) for _, key, value, _ in self._in_flight
+        ]
         self._retry, self._in_flight = [], []
         self.undelivered = len(leftover)
+        try:
+            self.journal.close(leftover)
+        except OSError as error:
+            log.critical("cannot write %d unsent emoji to the journal: %s", len(leftover), error)
+            raise
         if leftover:
-            self._write_spool(leftover)
+            metrics.SPOOLED.inc(len(leftover))
+            log.error(
+                "Kafka did not acknowledge %d emoji before shutdown; they stay in the journal (%s) for the next worker",
+                len(leftover),
+                self.journal.folder,
+            )
         metrics.BUFFERED.set(0)
-        log.info("emoji flusher stopped; %d emoji spooled for the next start", len(leftover))
+        log.info("emoji flusher stopped; %d emoji left in the journal", len(leftover))
 
-    # ------------------------------------------------------------------ spool
+    # ------------------------------------------------------------------ journal
 
-    def _write_spool(self, records: Iterable[Record]) -> None:
-        records = list(records)
-        self.spool_dir.mkdir(parents=True, exist_ok=True)
-        final = self.spool_dir / f"ingest-{os.getpid()}-{time.time_ns()}.jsonl"
-        partial = final.with_suffix(".partial")
-        with open(partial, "w", encoding="utf-8") as out:
-            for key, value in records:
-                out.write(json.dumps([key, value.decode()], ensure_ascii=False) + "\n")
-            out.flush()
-            os.fsync(out.fileno())
-        partial.rename(final)  # readers only ever see complete files
-        metrics.SPOOLED.inc(len(records))
-        log.error(
-            "Kafka did not acknowledge %d emoji before shutdown; spooled to %s for the next start",
-            len(records),
-            final,
-        )
-
-    def _load_spool(self) -> None:
-        if not self.spool_dir.is_dir():
+    def _recover(self) -> None:
+        """Queue what stopped workers accepted and Kafka never acknowledged, ahead of newer emoji."""
+        try:
+            taken = self.journal.recover()
+        except OSError as error:  # an unreadable journal folder must not stop this worker's deliveries
+            log.error("cannot read the journal in %s: %s", self.journal.folder, error)
             return
-        for path in sorted(self.spool_dir.glob("ingest-*.jsonl")):
-            claimed = path.with_name(f"{path.name}.{os.getpid()}.loading")
-            try:
-                path.rename(claimed)  # atomic: another worker that lost the race skips the file
-            except OSError:
-                continue
-            records: list[Record] = []
-            try:
-                with open(claimed, encoding="utf-8") as spooled:
-                    for line in spooled:
-                        if line.strip():
-                            key, value = json.loads(line)
-                            records.append((str(key), str(value).encode()))
-            except (OSError, ValueError) as error:
-                claimed.rename(path.with_suffix(".bad"))
-                log.error("spool file %s is unreadable (%s); kept as %s", path.name, error, path.with_suffix(".bad"))
-                continue
+        for segment, records in taken:
             with self._lock:
                 self._held += len(records)
                 self._arrivals.appendleft([self._clock(), len(records)])
-            self._retry.extend(records)
-            claimed.unlink()
-            log.info("re-sending %d emoji spooled by an earlier shutdown (%s)", len(records), path.name)
+            self._retry.extend((key, value, segment) for key, value in records)
+            metrics.RECOVERED.inc(len(records))
 
     # ------------------------------------------------------------------ probe thread
 

@@ -12,7 +12,7 @@ ACCEPTED = Counter("emostream_ingest_accepted_emoji", "Emoji accepted (answered 
 REJECTED = Counter(
     "emostream_ingest_rejected_requests",
     "Requests refused, by reason (invalid_event, bad_json, not_json, body_too_large, too_many_events, "
-    "empty_batch, wrong_shape, rate_limited, buffer_full, lagging, kafka_unavailable, shutting_down).",
+    "empty_batch, wrong_shape, rate_limited, buffer_full, lagging, kafka_unavailable, shutting_down, journal_unavailable).",
     ["reason"],
 )
 BUFFERED = Gauge(
@@ -27,7 +27,15 @@ SEND_ERRORS = Counter(
 )
 SPOOLED = Counter(
     "emostream_ingest_spooled_emoji",
-    "Emoji written to the spool at shutdown because Kafka did not acknowledge them in time.",
+    "Emoji left in the journal at shutdown because Kafka did not acknowledge them in time.",
+)
+RECOVERED = Counter(
+    "emostream_ingest_recovered_emoji",
+    "Emoji a worker took over from the journal of a stopped worker and sent on.",
+)
+JOURNAL_ERRORS = Counter(
+    "emostream_ingest_journal_errors",
+    "Requests refused (503) because their emoji could not be written to the journal.",
 )
 KAFKA_DOWN_SECONDS = Gauge(
     "emostream_ingest_kafka_unreachable_seconds",

@@ -84,7 +84,7 @@ def _worker_exit(server: Any, worker: Any) -> None:
 
     spooled = shutdown(app, FLUSH_TIMEOUT)
     if spooled:
-        log.error("worker %s could not deliver %d emoji before exit; they are spooled", worker.pid, spooled)
+        log.error("worker %s could not deliver %d emoji before exit; they stay in the journal", worker.pid, spooled)
     else:
         log.info("worker %s flushed its buffer to Kafka", worker.pid)
 

@@ -194,44 +194,30 @@ def test_an_ingest_instance_stopped_mid_load_loses_nothing_it_acknowledged(fault
     assert_every_acknowledged_emoji_counted_once(books, stack.logs())
 
 
-def test_an_ingest_instance_killed_mid_load_loses_at_most_what_it_acknowledged_in_its_last_flush(
-    fault_stack: FaultStack,
-):
-    # Ingest answers 202 once an emoji is in the worker's memory buffer, before Kafka has it
-    # (the buffer goes out every flush interval). A SIGKILL therefore loses what the instance
-    # acknowledged since its last delivered flush: never more than one flush interval plus the
-    # lag past which ingest refuses new emoji. Everything else must be counted exactly once.
+def test_an_ingest_instance_killed_mid_load_loses_nothing_it_acknowledged(fault_stack: FaultStack):
+    # Ingest answers 202 once an emoji is in the worker's buffer and its journal, before Kafka has
+    # it. A SIGKILL leaves the unacknowledged part of the journal behind; the surviving instance
+    # takes it over within about a second and sends it, inside the processor's watermark.
     stack = fault_stack
     settings = stack.settings
-    crowd = crowd_for(stack, duration=16.0, drain=20.0)  # lost emoji never arrive: bound the wait
+    crowd = crowd_for(stack, duration=16.0)
     port = settings.ingest_port
 
     async def kill_busiest_instance() -> dict:
         held = listening_children(stack.pool.process.pid, port)
         victim = max(held, key=held.get)
-        killed_at = time.time()
         kill_group(victim, signal.SIGKILL)  # a crash, the OOM killer, a machine lost
         replaced = await asyncio.to_thread(_wait_for_replacement, stack, victim)
-        return {"killed_at": killed_at, "replaced_after_s": replaced}
+        return {"victim_connections": held[victim], "replaced_after_s": replaced}
 
     report, outcome = asyncio.run(run_with_fault(crowd, kill_busiest_instance, after=6.0))
     books = audit(settings, crowd)
-    killed_at = outcome.pop("killed_at")
-    lost_ages = [killed_at - crowd.acked_at[user] for user in books["lost_before_kafka_ids"]]
-    exposure = (settings.flush_interval_ms + settings.ingest_max_lag_ms) / 1000
-    summary(
-        "ingest instance killed (SIGKILL) in a pool of 2",
-        report,
-        books,
-        **outcome,
-        lost_acknowledged_within_s_before_kill=round(max(lost_ages, default=0.0), 3),
-    )
+    summary("ingest instance killed (SIGKILL) in a pool of 2", report, books, **outcome)
 
-    # What was lost was acknowledged by the dead instance just before it died, and only that.
-    assert all(-1.0 <= age <= exposure for age in lost_ages), sorted(lost_ages)
-    assert books["duplicated_on_kafka"] == 0
-    assert books["emoji_extra"] == 0
-    assert books["windows_exact"] == books["windows_checked"] >= 5, books["mismatches"]
+    assert outcome["victim_connections"] > 0, outcome
+    assert_every_acknowledged_emoji_counted_once(books, stack.logs())
+    # ...and that is because a surviving worker sent what the dead one had accepted.
+    assert "that a stopped ingest worker had accepted" in stack.logs(tail=10_000)
 
 
 def _wait_for_replacement(stack: FaultStack, victim: int) -> float:

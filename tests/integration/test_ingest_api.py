@@ -300,7 +300,9 @@ def test_a_full_buffer_answers_503_with_retry_after_and_shutdown_still_delivers_
     assert sorted(r.value["user_id"] for r in records) == sorted(f"{tag}-{n}" for n in range(10))
 
 
-def test_with_kafka_unreachable_requests_turn_to_503_and_what_was_accepted_is_spooled(ingest_settings, tmp_path):
+def test_with_kafka_unreachable_requests_turn_to_503_and_what_was_accepted_stays_in_the_journal(
+    ingest_settings, tmp_path
+):
     settings = ingest_settings.replace(
         kafka_bootstrap=f"127.0.0.1:{free_port()}",  # nothing listens there
         kafka_unavailable_seconds=1.0,
@@ -332,8 +334,8 @@ def test_with_kafka_unreachable_requests_turn_to_503_and_what_was_accepted_is_sp
     assert health.status_code == 503
     assert health.get_json()["kafka"]["reachable"] is False
     assert spooled == len(accepted_users)
-    spool = [json.loads(line) for path in (tmp_path / "ingest-spool").glob("*.jsonl") for line in path.open()]
-    assert sorted(json.loads(value)["user_id"] for _, value in spool) == sorted(accepted_users)
+    journal = [line.split(b"\t", 1) for path in (tmp_path / "ingest-journal").glob("*.seg") for line in path.open("rb")]
+    assert sorted(json.loads(value)["user_id"] for _, value in journal) == sorted(accepted_users)
 
 
 def test_a_buffer_that_falls_behind_answers_503_before_its_emoji_would_reach_the_processor_too_late(

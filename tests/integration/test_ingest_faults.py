@@ -136,7 +136,9 @@ def test_broker_restart_turns_requests_to_503_without_hanging_and_every_accepted
     assert [user for user, count in produced.items() if count > 1] == []
 
 
-def test_what_a_shutdown_cannot_deliver_is_spooled_and_the_next_start_delivers_it_once(fault_settings, node, tmp_path):
+def test_what_a_shutdown_cannot_deliver_stays_in_the_journal_and_the_next_start_delivers_it_once(
+    fault_settings, node, tmp_path
+):
     # The emoji wait in the buffers (no timed flush) until the shutdown, which finds the broker gone.
     settings = fault_settings.replace(flush_interval_ms=600_000, flush_max_events=10**7)
     log_dir = tmp_path / "logs"
@@ -155,9 +157,9 @@ def test_what_a_shutdown_cannot_deliver_is_spooled_and_the_next_start_delivers_i
     finally:
         service.stop()
     log = service.log_path.read_text()
-    spool_dir = Path(settings.state_dir) / "ingest-spool"
+    journal = Path(settings.state_dir) / "ingest-journal"
     assert exit_code == 0, log
-    assert list(spool_dir.glob("ingest-*.jsonl")), log
+    assert sum(len(path.read_bytes().splitlines()) for path in journal.glob("*.seg")) == len(users), log
 
     node.start()
     again = start_ingest(settings.replace(flush_interval_ms=100), log_dir)
@@ -168,4 +170,4 @@ def test_what_a_shutdown_cannot_deliver_is_spooled_and_the_next_start_delivers_i
 
     assert set(produced) == set(users)
     assert set(produced.values()) == {1}
-    assert not any(spool_dir.glob("ingest-*"))
+    assert not any(journal.glob("*.seg"))

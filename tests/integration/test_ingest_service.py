@@ -122,7 +122,7 @@ def test_sigterm_to_the_master_delivers_every_workers_full_buffer_before_exit_an
     produced = Counter(r.value["user_id"] for r in records_of(settings, users, expected=len(users)))
     assert set(produced) == users
     assert set(produced.values()) == {1}
-    assert not any((tmp_path / "state" / "ingest-spool").glob("*.jsonl"))
+    assert not any((tmp_path / "state" / "ingest-journal").glob("*.seg"))
 
     again = start_ingest(settings.replace(flush_interval_ms=100), log_dir)
     try:

@@ -19,9 +19,23 @@ class FakeFuture:
     def __init__(self) -> None:
         self.is_done = False
         self.exception: BaseException | None = None
+        self.callbacks: list = []
 
     def succeeded(self) -> bool:
         return self.is_done and self.exception is None
+
+    def add_callback(self, callback) -> None:
+        if self.succeeded():
+            callback(None)
+        else:
+            self.callbacks.append(callback)
+
+    def resolve(self, error: BaseException | None = None) -> None:
+        self.exception = error
+        self.is_done = True
+        if error is None:
+            for callback in self.callbacks:
+                callback(None)
 
 
 class ScriptedProducer:
@@ -45,8 +59,7 @@ class ScriptedProducer:
     def acknowledge(self, error: BaseException | None = None) -> None:
         for _, _, future in self.sent:
             if not future.is_done:
-                future.exception = error
-                future.is_done = True
+                future.resolve(error)
 
     def flush(self, timeout: float | None = None) -> None:
         if any(not future.is_done for _, _, future in self.sent):
@@ -207,7 +220,15 @@ def test_close_sends_the_buffer_at_once_without_waiting_for_the_interval(tmp_pat
     assert batcher.offer(records("late", 1)) is Offer.CLOSED
 
 
-def test_what_kafka_did_not_acknowledge_by_shutdown_is_spooled_and_sent_first_on_the_next_start(tmp_path):
+def segments(tmp_path: Path) -> list[Path]:
+    return sorted((tmp_path / "ingest-journal").glob("*.seg"))
+
+
+def segment_keys(tmp_path: Path) -> list[str]:
+    return [line.split(b"\t", 1)[0].decode() for path in segments(tmp_path) for line in path.read_bytes().splitlines()]
+
+
+def test_what_kafka_did_not_acknowledge_by_shutdown_stays_in_the_journal_and_the_next_worker_sends_it_first(tmp_path):
     settings = make_settings(tmp_path)
     stuck = ScriptedProducer(hold=True)
     first = EmojiBatcher(settings, lambda: stuck, probe=lambda: True).start()
@@ -215,7 +236,8 @@ def test_what_kafka_did_not_acknowledge_by_shutdown_is_spooled_and_sent_first_on
     eventually(lambda: len(stuck.sent) == 4)
 
     assert first.close(timeout=0.2) == 4
-    assert len(list((tmp_path / "ingest-spool").glob("ingest-*.jsonl"))) == 1
+    assert segment_keys(tmp_path) == [key for key, _ in records("old", 4)]
+    assert not list((tmp_path / "ingest-journal").glob("*.lock"))  # the worker is gone
 
     healthy = ScriptedProducer()
     second = EmojiBatcher(settings, lambda: healthy, probe=lambda: True).start()
@@ -225,7 +247,66 @@ def test_what_kafka_did_not_acknowledge_by_shutdown_is_spooled_and_sent_first_on
 
     assert healthy.keys() == [key for key, _ in records("old", 4) + records("new", 2)]
     assert [value for _, value, _ in healthy.sent[:4]] == [value for _, value in records("old", 4)]
-    assert list((tmp_path / "ingest-spool").glob("ingest-*")) == []
+    assert segments(tmp_path) == []
+
+
+def test_an_accepted_request_is_in_the_journal_when_offer_returns(tmp_path):
+    batcher = EmojiBatcher(make_settings(tmp_path, flush_interval_ms=600_000), ScriptedProducer, probe=lambda: True)
+
+    assert batcher.offer(records("a", 3)) is Offer.ACCEPTED
+    assert batcher.offer(records("b", 2)) is Offer.ACCEPTED
+    assert segment_keys(tmp_path) == [key for key, _ in records("a", 3) + records("b", 2)]
+
+
+def test_without_write_ahead_nothing_is_journaled_until_a_shutdown_leaves_something_unsent(tmp_path):
+    batcher = EmojiBatcher(make_settings(tmp_path, ingest_journal=False), ScriptedProducer, probe=lambda: True)
+
+    assert batcher.offer(records("a", 3)) is Offer.ACCEPTED
+    assert segments(tmp_path) == []
+
+
+def test_a_segment_is_deleted_when_kafka_has_acknowledged_its_last_record(tmp_path, running):
+    producer = ScriptedProducer(hold=True)
+    batcher = running(make_settings(tmp_path), producer)
+
+    batcher.offer(records("u", 6))
+    eventually(lambda: len(producer.sent) == 6)
+    for _, _, future in producer.sent[:5]:
+        future.resolve()
+    assert len(segments(tmp_path)) == 1
+    producer.sent[5][2].resolve()
+    assert segments(tmp_path) == []
+
+
+def test_a_record_whose_delivery_failed_keeps_its_segment_until_it_is_sent_again(tmp_path, running):
+    producer = ScriptedProducer(hold=True)
+    batcher = running(make_settings(tmp_path), producer)
+
+    batcher.offer(records("u", 3))
+    eventually(lambda: len(producer.sent) == 3)
+    producer.sent[0][2].resolve()
+    producer.sent[1][2].resolve(KafkaTimeoutError("Expiring 1 record(s)"))
+    producer.sent[2][2].resolve()
+    eventually(lambda: len(producer.sent) == 4)  # the failed one, again
+
+    assert segment_keys(tmp_path) == [key for key, _ in records("u", 3)]
+    producer.acknowledge()
+    eventually(lambda: segments(tmp_path) == [])
+
+
+def test_a_journal_that_cannot_be_written_refuses_the_request_and_keeps_nothing_of_it(tmp_path, monkeypatch):
+    batcher = EmojiBatcher(make_settings(tmp_path), ScriptedProducer, probe=lambda: True)
+    assert batcher.offer(records("ok", 1)) is Offer.ACCEPTED
+
+    def disk_full(fd, data):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("emostream.ingest.journal.os.write", disk_full)
+    assert batcher.offer(records("lost", 2)) is Offer.NOT_WRITTEN
+    monkeypatch.undo()
+
+    assert batcher.held == 1
+    assert segment_keys(tmp_path) == [key for key, _ in records("ok", 1)]
 
 
 def test_lag_is_how_long_the_oldest_held_emoji_has_waited_beyond_its_flush(tmp_path, running):

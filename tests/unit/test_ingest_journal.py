@@ -1,0 +1,94 @@
+"""The ingest journal against real process deaths (a forked worker that SIGKILLs itself)."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+from pathlib import Path
+
+from emostream.ingest.journal import Journal
+
+
+def records(prefix: str, n: int) -> list[tuple[str, bytes]]:
+    return [(f"{prefix}{i}", b'{"user_id":"%s%d"}' % (prefix.encode(), i)) for i in range(n)]
+
+
+def _worker_that_dies(folder: str, ready) -> None:
+    journal = Journal(Path(folder)).open()
+    journal.append(records("acked", 2))
+    flushed = journal.rotate(2)
+    flushed.acknowledged()
+    flushed.acknowledged()  # all of the first flush is in Kafka: its segment is gone
+    journal.append(records("half", 3))
+    half = journal.rotate(3)
+    half.acknowledged()  # Kafka has one of the second flush, not the other two
+    journal.append(records("buffered", 4))  # answered 202, not flushed yet
+    ready.send(sorted(p.name for p in Path(folder).iterdir()))
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def kill_a_worker(folder: Path) -> list[str]:
+    context = multiprocessing.get_context("fork")
+    receive, send = context.Pipe(duplex=False)
+    child = context.Process(target=_worker_that_dies, args=(str(folder), send))
+    child.start()
+    files = receive.recv()
+    child.join(10)
+    assert child.exitcode == -signal.SIGKILL
+    return files
+
+
+def test_a_sigkilled_workers_unacknowledged_emoji_are_taken_over_by_the_next_one(tmp_path):
+    files = kill_a_worker(tmp_path)
+    assert len([name for name in files if name.endswith(".seg")]) == 2  # the first flush's segment is gone
+
+    survivor = Journal(tmp_path).open()
+    taken = survivor.recover()
+
+    recovered = [key for _, batch in taken for key, _ in batch]
+    # The whole half-acknowledged segment comes back: its one acknowledged record may reach Kafka
+    # twice (at least once, never lost); nothing of the fully acknowledged flush comes back.
+    assert recovered == [key for key, _ in records("half", 3) + records("buffered", 4)]
+    assert [segment.left for segment, _ in taken] == [3, 4]
+    assert [p.name for p in tmp_path.glob("*.lock")] == [f"{survivor.owner}.lock"]
+    assert all(p.name.startswith(survivor.owner) for p in tmp_path.glob("*.seg"))
+    assert survivor.recover() == []  # taken once
+
+    for segment, batch in taken:
+        for _ in batch:
+            segment.acknowledged()
+    assert list(tmp_path.glob("*.seg")) == []
+
+
+def test_a_live_workers_segments_are_left_alone(tmp_path):
+    alive = Journal(tmp_path).open()
+    alive.append(records("mine", 2))
+    other = Journal(tmp_path).open()
+
+    assert other.recover() == []
+    assert len(list(tmp_path.glob(f"{alive.owner}-*.seg"))) == 1
+
+
+def test_a_write_cut_short_is_not_replayed(tmp_path):
+    kill_a_worker(tmp_path)
+    for path in tmp_path.glob("*.seg"):
+        with open(path, "ab") as torn:
+            torn.write(b'torn\t{"user_id":"to')  # no newline: the request was never answered
+
+    taken = Journal(tmp_path).open().recover()
+
+    assert "torn" not in [key for _, batch in taken for key, _ in batch]
+    assert sum(len(batch) for _, batch in taken) == 7
+
+
+def test_a_graceful_close_keeps_exactly_the_leftover_and_releases_the_worker(tmp_path):
+    journal = Journal(tmp_path).open()
+    journal.append(records("u", 5))
+    segment = journal.rotate(5)
+    segment.acknowledged()
+    journal.close(records("u", 5)[1:])
+
+    assert not list(tmp_path.glob("*.lock"))
+    taken = Journal(tmp_path).open().recover()
+    assert [key for _, batch in taken for key, _ in batch] == [key for key, _ in records("u", 5)[1:]]
