@@ -8,6 +8,7 @@ Each field of :class:`Settings` is one variable: ``kafka_bootstrap`` is
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import sys
 from collections.abc import Mapping
@@ -174,6 +175,27 @@ class Settings:
     def secret(self) -> bytes:
         """The token secret; a fixed development secret when none is configured."""
         return (self.token_secret or "emostream-development-secret").encode()
+
+    def require_secret_for(self, host: str, service: str) -> None:
+        """Refuse to serve beyond this machine with the development secret, which anyone can read.
+
+        With it, anybody who can reach a node could forge a token for any node and event.
+        """
+        if self.token_secret or _is_loopback(host):
+            return
+        raise SystemExit(
+            f"{service}: refusing to listen on {host} with the built-in development token secret; "
+            "set EMOSTREAM_TOKEN_SECRET to the same random value for registration and every subscriber node"
+        )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
 
 
 def _parse(f: dataclasses.Field, raw: str) -> Any:

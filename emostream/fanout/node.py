@@ -316,6 +316,7 @@ def serve(settings: Settings, subscriber_id: str, cluster: int, port: int | None
 
     from emostream.fanout.ops import ensure_fanout_topics, raise_open_files_limit
 
+    settings.require_secret_for(settings.subscriber_host, f"subscriber {subscriber_id}")
     raise_open_files_limit()
     ensure_fanout_topics(settings)
     node = SubscriberNode(settings, subscriber_id, cluster, port)

@@ -269,6 +269,7 @@ def serve(settings: Settings) -> None:
     from emostream.fanout.ops import ensure_fanout_topics
     from emostream.webui import blueprint as web_blueprint
 
+    settings.require_secret_for(settings.registration_host, "registration")
     ensure_fanout_topics(settings)
     # The registration service is the front door: it also serves the viewer page and dashboard.
     app = create_app(settings, blueprints=[web_blueprint(settings)])

@@ -12,7 +12,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
 import re
+import subprocess
+import sys
 import time
 import zlib
 from typing import Any
@@ -312,3 +315,38 @@ def _node_urls(stack: SecurityStack) -> list[str]:
 async def _until(condition) -> None:
     while not condition():
         await asyncio.sleep(0.05)
+
+
+@pytest.mark.parametrize(
+    ("script", "variable"),
+    [("registration_app.py", "EMOSTREAM_REGISTRATION_HOST"), ("subscriber_service.py", "EMOSTREAM_SUBSCRIBER_HOST")],
+)
+def test_a_token_service_refuses_to_listen_beyond_loopback_with_the_public_development_secret(
+    script, variable, tmp_path
+):
+    # Anyone can read the built-in secret, so serving it to other machines would let them mint tokens.
+    # The service stops before it binds or touches Kafka: nothing listens, nothing is created.
+    env = {
+        "PATH": os.environ["PATH"],
+        "EMOSTREAM_STATE_DIR": str(tmp_path),
+        "EMOSTREAM_KAFKA_BOOTSTRAP": "127.0.0.1:1",
+        variable: "0.0.0.0",
+    }
+    refused = subprocess.run(
+        [sys.executable, str(ROOT / script)], env=env, capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
+
+    assert refused.returncode != 0
+    assert "EMOSTREAM_TOKEN_SECRET" in refused.stderr and "0.0.0.0" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+
+def test_only_loopback_addresses_may_serve_with_the_development_secret():
+    development = Settings.from_env(environ={})
+    for host in ("127.0.0.1", "::1", "localhost", "127.0.0.2"):
+        development.require_secret_for(host, "node")
+    for host in ("0.0.0.0", "::", "10.0.0.5", "viewers.example.org"):
+        with pytest.raises(SystemExit, match="EMOSTREAM_TOKEN_SECRET"):
+            development.require_secret_for(host, "node")
+    configured = Settings.from_env(environ={"EMOSTREAM_TOKEN_SECRET": "a-long-random-value"})
+    configured.require_secret_for("0.0.0.0", "node")
