@@ -64,13 +64,16 @@ def session(settings: Settings, app_name: str = "emostream-processor") -> SparkS
             .config("spark.ui.enabled", str(settings.spark_ui).lower())
         )
         if settings.spark_master.startswith("local"):
-            # Nothing outside this machine needs to reach a local driver.
+            # Nothing outside this machine needs to reach a local driver, nor its web UI, which
+            # Spark binds to SPARK_LOCAL_IP (all interfaces when unset).
             builder = builder.config("spark.driver.host", "127.0.0.1").config("spark.driver.bindAddress", "127.0.0.1")
+            os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     builder = (
         builder.config("spark.sql.shuffle.partitions", str(settings.effective_shuffle_partitions))
         .config("spark.sql.session.timeZone", "UTC")
         .config("spark.sql.streaming.stopGracefullyOnShutdown", "true")
         .config("spark.sql.adaptive.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")  # progress bars garble a service's log
     )
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
