@@ -60,7 +60,11 @@ class Future(Protocol):
 
 
 class Producer(Protocol):
+    """:class:`emostream.kafka.BulkProducer`, or a scripted one in tests."""
+
     def send(self, topic: str, value: Any = None, key: Any = None) -> Future: ...
+
+    def poll(self) -> None: ...
 
     def flush(self, timeout: float | None = None) -> None: ...
 
@@ -75,14 +79,8 @@ class Offer(enum.Enum):
 
 
 def ingest_producer(settings: Settings) -> Producer:
-    """The durable producer, with short blocking limits so the flusher stays responsive."""
-    limit_ms = int(max(1.0, min(settings.kafka_unavailable_seconds, 5.0)) * 1000)
-    return kafka.producer(
-        settings,
-        client_id="emostream-ingest",
-        max_block_ms=limit_ms,
-        bootstrap_timeout_ms=limit_ms,
-    )
+    """The durable producer (librdkafka: the flusher's per-record cost is the ingest's ceiling)."""
+    return kafka.bulk_producer(settings, client_id="emostream-ingest")
 
 
 def admin_probe(settings: Settings) -> Callable[[], bool]:
@@ -310,8 +308,8 @@ class EmojiBatcher:
             try:
                 future = producer.send(topic, key=key, value=value)
             except Exception as error:
-                # Refused before the producer took it (no metadata within max_block_ms, closed
-                # producer): these records are certainly not in Kafka, so sending them again is safe.
+                # Refused before the producer took it (its local queue is full, or it is broken):
+                # these records are certainly not in Kafka, so sending them again is safe.
                 left = batch[index:]
                 self._retry.extend(left)
                 metrics.SEND_ERRORS.inc(len(left))
@@ -329,6 +327,8 @@ class EmojiBatcher:
 
     def _collect(self) -> int:
         """Account for records Kafka acknowledged; queue the failed ones to be sent again."""
+        if self._producer is not None:
+            self._producer.poll()  # delivery reports complete the futures here, on this thread
         if not self._in_flight:
             self._note_waiting()
             return 0
@@ -353,6 +353,8 @@ class EmojiBatcher:
             self._retry[:0] = failed
             metrics.SEND_ERRORS.inc(len(failed))
             log.warning("Kafka did not acknowledge %d emoji (%s); sending them again", len(failed), first_error)
+            if getattr(first_error, "fatal", False):
+                self._reset_producer()  # an idempotent producer that hit a fatal error sends nothing more
         if delivered:
             with self._lock:
                 self._held -= delivered
@@ -376,6 +378,8 @@ class EmojiBatcher:
 
     def _observe_progress(self) -> None:
         """Note acknowledgements that arrive during a long hand-over, so it cannot look like an outage."""
+        if self._producer is not None:
+            self._producer.poll()
         in_flight, cursor = self._in_flight, self._progress_cursor
         while cursor < len(in_flight) and in_flight[cursor][0].is_done:
             cursor += 1
@@ -487,18 +491,12 @@ def close_now(producer: Producer) -> None:
     """Close without waiting; records the producer still holds fail their futures."""
     try:
         producer.close(timeout=0)
-        return
-    except Exception:
-        pass
-    # kafka-python's close() flushes first and raises when that times out, leaving the
-    # producer running; stop its sender thread the way close() would have.
-    sender = getattr(producer, "_sender", None)
-    if sender is not None:
-        sender.force_close()
-        sender.join(5)
+    except Exception as error:
+        log.warning("closing the Kafka producer failed: %s", error)
 
 
 def _retriable(error: BaseException) -> bool:
     from kafka.errors import KafkaTimeoutError, RetriableError
 
-    return isinstance(error, KafkaTimeoutError | RetriableError)
+    # BufferError: librdkafka's local queue is full; it empties as Kafka acknowledges.
+    return isinstance(error, BufferError | KafkaTimeoutError | RetriableError)
