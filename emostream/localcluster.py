@@ -26,22 +26,12 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from emostream.localkafka import (
-    BrokerNode,
-    KafkaError,
-    _log_contains,
-    _random_cluster_id,
-    _reap,
-    _tail,
-    pid_alive,
-    port_in_use,
-    require_java,
-)
+from emostream.jvmprocess import JvmProcess, start_together
+from emostream.localkafka import BrokerNode, KafkaError, _random_cluster_id, require_java
 from emostream.settings import ROOT, Settings
 
 log = logging.getLogger("emostream.localcluster")
@@ -65,12 +55,15 @@ class ClusterError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class Daemon:
-    """One long-running process with a pid file and a log under ``home``.
+class Daemon(JvmProcess):
+    """One long-running process with a pid file and a log under ``home``, run from ``home``.
 
     It runs in a session of its own, so stopping it signals its whole process group:
     a Spark worker's executors go with it.
     """
+
+    error_type = ClusterError
+    signal_group = True
 
     name: str
     home: Path
@@ -89,129 +82,10 @@ class Daemon:
     def pid_file(self) -> Path:
         return self.home / f"{self.name}.pid"
 
-    def pid(self) -> int | None:
-        try:
-            pid = int(self.pid_file.read_text().strip())
-        except (FileNotFoundError, ValueError):
-            return None
-        return pid if pid_alive(pid) else None
-
-    def is_running(self) -> bool:
-        return self.pid() is not None
-
-    def launch(self) -> tuple[subprocess.Popen, int] | None:
-        """Start the process unless it runs; return it and where its part of the log begins."""
-        if self.is_running():
-            log.info("%s already running (pid %s)", self.name, self.pid())
-            return None
-        for port in self.ports:
-            if port_in_use(self.host, port):
-                raise ClusterError(
-                    f"port {self.host}:{port} for {self.name} is taken by another process; stop that "
-                    f"process or choose other ports (see --help)"
-                )
+    def launch(self) -> tuple[subprocess.Popen, int]:
+        self.refuse_taken_ports()
         self.home.mkdir(parents=True, exist_ok=True)
-        offset = self.log_file.stat().st_size if self.log_file.exists() else 0
-        with open(self.log_file, "ab") as out:
-            process = subprocess.Popen(
-                list(self.command),
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env={**os.environ, **self.env},
-                cwd=self.home,
-                start_new_session=True,  # Ctrl-C in the caller's terminal must not reach it
-            )
-        self.pid_file.write_text(str(process.pid))
-        log.info("starting %s (pid %s), log %s", self.name, process.pid, self.log_file)
-        return process, offset
-
-    def wait_ready(self, timeout: float, log_offset: int = 0, process: subprocess.Popen | None = None) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if process is not None and process.poll() is not None:
-                self.pid_file.unlink(missing_ok=True)
-                raise ClusterError(
-                    f"{self.name} exited with code {process.returncode}; see {self.log_file}:\n{_tail(self.log_file)}"
-                )
-            if process is None and not self.is_running():
-                raise ClusterError(f"{self.name} is not running; see {self.log_file}:\n{_tail(self.log_file)}")
-            if (
-                all(port_in_use(self.host, port) for port in self.ports)
-                and (self.ready_line is None or _log_contains(self.log_file, self.ready_line, log_offset))
-                and (self.probe is None or self.probe())
-            ):
-                return
-            time.sleep(0.25)
-        raise ClusterError(f"{self.name} did not become ready within {timeout:.0f} s; see {self.log_file}")
-
-    def start(self, timeout: float = 90.0) -> bool:
-        """Start and wait until ready; return True if this call started it."""
-        launched = self.launch()
-        if launched is None:
-            self.wait_ready(timeout)
-            return False
-        process, offset = launched
-        self.wait_ready(timeout, log_offset=offset, process=process)
-        return True
-
-    def stop(self, timeout: float = 30.0, kill: bool = False) -> bool:
-        """Stop the process group by its pid; return True if it was running."""
-        pid = self.pid()
-        if pid is None:
-            self.pid_file.unlink(missing_ok=True)
-            return False
-        _signal_group(pid, signal.SIGKILL if kill else signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while pid_alive(pid):
-            if time.monotonic() > deadline:
-                log.warning("%s (pid %s) ignored SIGTERM for %.0f s; killing it", self.name, pid, timeout)
-                _signal_group(pid, signal.SIGKILL)
-                deadline = time.monotonic() + 10
-            time.sleep(0.1)
-            _reap(pid)
-        # Children that outlived their parent (an executor mid-launch) go too.
-        _signal_group(pid, signal.SIGKILL)
-        self.pid_file.unlink(missing_ok=True)
-        log.info("stopped %s (pid %s)", self.name, pid)
-        return True
-
-
-def _signal_group(pid: int, sig: int) -> None:
-    """Signal the process group that ``pid`` leads (every daemon here starts its own)."""
-    try:
-        os.killpg(pid, sig)
-    except ProcessLookupError:
-        pass
-
-
-def _launch_and_wait(members: Sequence[Daemon | BrokerNode], timeout: float) -> list[str]:
-    """Launch every member that is not running, then wait for all of them; return who was started."""
-    launched = []
-    try:
-        for member in members:
-            if member.is_running():
-                continue
-            started_now = member.launch()
-            if started_now is not None:
-                launched.append((member, *started_now))
-        deadline = time.monotonic() + timeout
-        for member in members:
-            started = next(((p, o) for m, p, o in launched if m is member), None)
-            remaining = max(1.0, deadline - time.monotonic())
-            if started is None:
-                member.wait_ready(remaining)
-            else:
-                member.wait_ready(remaining, log_offset=started[1], process=started[0])
-    except Exception:
-        for member, _, _ in launched:
-            member.stop(timeout=10, kill=True)
-        raise
-    return [_describe(member) for member, _, _ in launched]
-
-
-def _describe(member: Daemon | BrokerNode) -> str:
-    return member.name if isinstance(member, Daemon) else f"kafka node {member.node_id}"
+        return self.spawn(self.command, env=self.env, cwd=self.home)
 
 
 # --------------------------------------------------------------------------- Kafka (KRaft)
@@ -321,7 +195,7 @@ class KafkaCluster:
 
     def start(self, timeout: float = 120.0) -> list[str]:
         """Start every node that is not running (together: none is ready before a quorum is)."""
-        return _launch_and_wait(self.nodes, timeout)
+        return start_together(self.nodes, timeout)
 
     def stop(self, timeout: float = 60.0, kill: bool = False) -> list[int]:
         """Stop every node; return the ids of those that were running.
@@ -331,8 +205,8 @@ class KafkaCluster:
         """
         running = [(node, node.pid()) for node in self.nodes]
         running = [(node, pid) for node, pid in running if pid is not None]
-        for _, pid in running:
-            _signal_group(pid, signal.SIGKILL if kill else signal.SIGTERM)
+        for node, pid in running:
+            node.send_signal(pid, signal.SIGKILL if kill else signal.SIGTERM)
         for node, _ in running:
             node.stop(timeout=timeout, kill=kill)
         return [node.node_id for node, _ in running]
@@ -461,8 +335,8 @@ class SparkStandalone:
         # The master's REST submission server (port 6066) runs anything it is sent; the
         # processor submits in client mode and does not need it.
         (self.home / "conf" / "spark-defaults.conf").write_text("spark.master.rest.enabled false\n")
-        started = _launch_and_wait([self.master()], timeout)
-        return started + _launch_and_wait(self.workers(), timeout)
+        started = start_together([self.master()], timeout)
+        return started + start_together(self.workers(), timeout)
 
     def stop(self, timeout: float = 30.0) -> list[str]:
         stopped = [w.name for w in self.workers() if w.stop(timeout)]
@@ -528,8 +402,9 @@ class LegacyKafka:
             )
         return str(self.jars / "*")
 
-    def _java(self, heap: str) -> list[str]:
-        return [
+    def _java(self, heap: str, main: str, config: Path, *options: str) -> tuple[str, ...]:
+        """The command that runs ``main`` with its ``config`` file."""
+        return (
             require_java(),
             f"-Xmx{heap}",
             f"-Xms{heap}",
@@ -537,20 +412,19 @@ class LegacyKafka:
             "-XX:+ExitOnOutOfMemoryError",
             "-Djava.awt.headless=true",
             f"-Dlog4j.configuration=file:{self.home / 'log4j.properties'}",
-        ]
+            *options,
+            "-cp",
+            self._classpath(),
+            main,
+            str(config),
+        )
 
     def zookeeper(self) -> Daemon:
         home = self.home / "zookeeper"
         return Daemon(
             name="zookeeper",
             home=home,
-            command=(
-                *self._java("128m"),
-                "-cp",
-                self._classpath(),
-                "org.apache.zookeeper.server.quorum.QuorumPeerMain",
-                str(home / "zoo.cfg"),
-            ),
+            command=self._java("128m", "org.apache.zookeeper.server.quorum.QuorumPeerMain", home / "zoo.cfg"),
             ports=(self.zookeeper_port,),
             probe=lambda: four_letter_word(self.host, self.zookeeper_port, "ruok") == "imok",
             host=self.host,
@@ -561,14 +435,7 @@ class LegacyKafka:
         return Daemon(
             name="kafka",
             home=home,
-            command=(
-                *self._java(self.heap),
-                f"-Dkafka.logs.dir={home}",
-                "-cp",
-                self._classpath(),
-                "kafka.Kafka",
-                str(home / "server.properties"),
-            ),
+            command=self._java(self.heap, "kafka.Kafka", home / "server.properties", f"-Dkafka.logs.dir={home}"),
             ports=(self.port,),
             ready_line="started (kafka.server.KafkaServer)",
             host=self.host,
@@ -623,8 +490,8 @@ class LegacyKafka:
     def start(self, timeout: float = 120.0) -> list[str]:
         self._classpath()
         self._write_config()
-        started = _launch_and_wait([self.zookeeper()], timeout)
-        return started + _launch_and_wait([self.broker()], timeout)
+        started = start_together([self.zookeeper()], timeout)
+        return started + start_together([self.broker()], timeout)
 
     def stop(self, timeout: float = 30.0) -> list[str]:
         # The broker first: it deregisters from ZooKeeper on the way out.
@@ -727,7 +594,7 @@ def _kafka_command(args: argparse.Namespace, settings: Settings) -> int:
     cluster = KafkaCluster.create(home, ports, heap=args.heap, jars=Path(settings.jars_dir) / "kafka")
     if args.command == "start":
         targets = [cluster.node(args.node)] if args.node else list(cluster.nodes)
-        started = _launch_and_wait(targets, args.timeout)
+        started = start_together(targets, args.timeout)
         log.info("Kafka cluster up (%s): %s", _started_note(started), cluster.bootstrap)
         if not args.no_topics and not args.node:
             _create_topics(cluster.settings(settings))
@@ -762,27 +629,13 @@ def _spark_command(args: argparse.Namespace, settings: Settings) -> int:
         daemon_memory=args.daemon_memory,
     )
     cluster = _layout(requested, args.command)
-    if args.command == "start":
-        started = cluster.start(args.timeout)
-        log.info(
-            "Spark standalone up (%s): master %s, web UI http://%s:%d",
-            _started_note(started),
-            cluster.master_url,
-            cluster.host,
-            cluster.ui_port,
-        )
-        sys.stdout.write(_exports(cluster.driver_env()))
-    elif args.command == "stop":
-        stopped = cluster.stop()
-        log.info("stopped %s", ", ".join(stopped) if stopped else "nothing: nothing was running")
-    elif args.command == "status":
-        pids = cluster.running()
-        for name, pid in pids.items():
-            log.info("%-16s %s", name, f"running, pid {pid}" if pid else "stopped")
-        return 0 if all(pids.values()) else 1
-    else:
-        sys.stdout.write(_exports(cluster.driver_env()))
-    return 0
+    return _daemons_command(
+        args,
+        cluster,
+        "Spark standalone",
+        f"master {cluster.master_url}, web UI http://{cluster.host}:{cluster.ui_port}",
+        cluster.driver_env(),
+    )
 
 
 def _legacy_command(args: argparse.Namespace, settings: Settings) -> int:
@@ -794,40 +647,51 @@ def _legacy_command(args: argparse.Namespace, settings: Settings) -> int:
         jars=Path(settings.jars_dir) / "legacy",
     )
     stack = _layout(requested, args.command)
+    single_replica = settings.replace(kafka_bootstrap=stack.bootstrap, replication_factor=1, min_insync_replicas=1)
+    return _daemons_command(
+        args,
+        stack,
+        "Kafka 3.9 (ZooKeeper mode)",
+        f"{stack.bootstrap}, ZooKeeper {stack.zookeeper_connect}",
+        stack.env(),
+        after_start=None if args.no_topics else lambda: _create_topics(single_replica),
+    )
+
+
+def _daemons_command(
+    args: argparse.Namespace,
+    stack: SparkStandalone | LegacyKafka,
+    title: str,
+    where: str,
+    exports: Mapping[str, str],
+    after_start: Callable[[], None] | None = None,
+) -> int:
+    """``start``, ``stop``, ``status`` or ``env`` of a stack of daemons (Spark standalone, legacy Kafka)."""
     if args.command == "start":
         started = stack.start(args.timeout)
-        log.info(
-            "Kafka 3.9 (ZooKeeper mode) up (%s): %s, ZooKeeper %s",
-            _started_note(started),
-            stack.bootstrap,
-            stack.zookeeper_connect,
-        )
-        if not args.no_topics:
-            _create_topics(
-                settings.replace(kafka_bootstrap=stack.bootstrap, replication_factor=1, min_insync_replicas=1)
-            )
-        sys.stdout.write(_exports(stack.env()))
+        log.info("%s up (%s): %s", title, _started_note(started), where)
+        if after_start is not None:
+            after_start()
+        sys.stdout.write(_exports(exports))
     elif args.command == "stop":
         stopped = stack.stop()
         log.info("stopped %s", ", ".join(stopped) if stopped else "nothing: nothing was running")
     elif args.command == "status":
         pids = stack.running()
+        width = max(map(len, pids)) + 2
         for name, pid in pids.items():
-            log.info("%-10s %s", name, f"running, pid {pid}" if pid else "stopped")
+            log.info("%-*s %s", width, name, f"running, pid {pid}" if pid else "stopped")
         return 0 if all(pids.values()) else 1
     else:
-        sys.stdout.write(_exports(stack.env()))
+        sys.stdout.write(_exports(exports))
     return 0
 
 
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="localcluster", description=__doc__.splitlines()[0])
     kinds = root.add_subparsers(dest="kind", required=True)
-    commands = ["start", "stop", "status", "env"]
 
-    kafka = kinds.add_parser("kafka", help="a 3-node KRaft cluster (bin/kafka-cluster)")
-    kafka.add_argument("command", choices=commands)
-    kafka.add_argument("--state", help="state folder (default: $EMOSTREAM_STATE_DIR/kafka-cluster)")
+    kafka = _add_kind(kinds, "kafka", "a 3-node KRaft cluster (bin/kafka-cluster)", "kafka-cluster")
     kafka.add_argument("--nodes", type=int, default=0, help="nodes of a new cluster (default 3)")
     kafka.add_argument(
         "--base-port",
@@ -840,11 +704,8 @@ def parser() -> argparse.ArgumentParser:
     kafka.add_argument("--node", type=int, help="start or stop only this node (1-based)")
     kafka.add_argument("--kill", action="store_true", help="stop with SIGKILL, as a crash would")
     kafka.add_argument("--no-topics", action="store_true", help="do not create EmoStream's topics")
-    kafka.add_argument("--timeout", type=float, default=120.0)
 
-    spark = kinds.add_parser("spark", help="a Spark standalone master and workers (bin/spark-cluster)")
-    spark.add_argument("command", choices=commands)
-    spark.add_argument("--state", help="state folder (default: $EMOSTREAM_STATE_DIR/spark-cluster)")
+    spark = _add_kind(kinds, "spark", "a Spark standalone master and workers (bin/spark-cluster)", "spark-cluster")
     spark.add_argument("--port", type=int, default=SPARK_MASTER_PORT, help="master port")
     spark.add_argument("--ui-port", type=int, default=SPARK_MASTER_UI_PORT, help="master web UI port")
     spark.add_argument(
@@ -854,17 +715,22 @@ def parser() -> argparse.ArgumentParser:
     spark.add_argument("--worker-cores", type=int, default=os.cpu_count() or 2)
     spark.add_argument("--worker-memory", default="1g", help="memory a worker offers to executors")
     spark.add_argument("--daemon-memory", default="256m", help="heap of the master and worker JVMs")
-    spark.add_argument("--timeout", type=float, default=120.0)
 
-    legacy = kinds.add_parser("legacy", help="ZooKeeper and a Kafka 3.9 broker (bin/kafka-legacy)")
-    legacy.add_argument("command", choices=commands)
-    legacy.add_argument("--state", help="state folder (default: $EMOSTREAM_STATE_DIR/kafka-legacy)")
+    legacy = _add_kind(kinds, "legacy", "ZooKeeper and a Kafka 3.9 broker (bin/kafka-legacy)", "kafka-legacy")
     legacy.add_argument("--zookeeper-port", type=int, default=LEGACY_ZOOKEEPER_PORT)
     legacy.add_argument("--port", type=int, default=LEGACY_KAFKA_PORT, help="broker port")
     legacy.add_argument("--heap", help="JVM heap of the broker (default 384m)")
     legacy.add_argument("--no-topics", action="store_true", help="do not create EmoStream's topics")
-    legacy.add_argument("--timeout", type=float, default=120.0)
     return root
+
+
+def _add_kind(kinds: argparse._SubParsersAction, kind: str, about: str, folder: str) -> argparse.ArgumentParser:
+    """The subcommand of one kind of cluster, with the options every kind has."""
+    sub = kinds.add_parser(kind, help=about)
+    sub.add_argument("command", choices=["start", "stop", "status", "env"])
+    sub.add_argument("--state", help=f"state folder (default: $EMOSTREAM_STATE_DIR/{folder})")
+    sub.add_argument("--timeout", type=float, default=120.0, help="seconds a start waits for readiness (default 120)")
+    return sub
 
 
 def main(argv: list[str] | None = None) -> int:

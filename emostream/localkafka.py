@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from emostream.jvmprocess import JvmProcess
+from emostream.jvmprocess import pid_alive as pid_alive  # re-exported: callers import it from here
+from emostream.jvmprocess import port_in_use as port_in_use
 from emostream.settings import Settings
 
 log = logging.getLogger("emostream.localkafka")
@@ -57,34 +56,17 @@ def require_java() -> str:
     return java
 
 
-def port_in_use(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.settimeout(0.5)
-        return probe.connect_ex((host, port)) == 0
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie child still answers kill(0); it is not running.
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().split(") ", 1)[1][0] != "Z"
-    except (FileNotFoundError, IndexError):
-        return True
-
-
 @dataclass(frozen=True)
-class BrokerNode:
+class BrokerNode(JvmProcess):
     """One KRaft node (broker and controller in one JVM).
 
     ``quorum`` lists ``id@host:controller_port`` of every controller; a single node
     with an empty quorum formats itself as a standalone controller.
     """
+
+    ready_line = READY_LINE
+    error_type = KafkaError
+    taken_port_advice = "stop that process, or set EMOSTREAM_KAFKA_BOOTSTRAP to use the Kafka already listening there"
 
     home: Path
     port: int = 9092
@@ -97,6 +79,14 @@ class BrokerNode:
     cluster_id: str | None = None
     default_replication: int = 1
     min_insync: int = 1
+
+    @property
+    def name(self) -> str:
+        return f"Kafka node {self.node_id}"
+
+    @property
+    def ports(self) -> tuple[int, ...]:
+        return (self.port, self.controller_port)
 
     @property
     def bootstrap(self) -> str:
@@ -117,16 +107,6 @@ class BrokerNode:
     @property
     def config_file(self) -> Path:
         return self.home / "server.properties"
-
-    def pid(self) -> int | None:
-        try:
-            pid = int(self.pid_file.read_text().strip())
-        except (FileNotFoundError, ValueError):
-            return None
-        return pid if pid_alive(pid) else None
-
-    def is_running(self) -> bool:
-        return self.pid() is not None
 
     def classpath(self) -> str:
         if not self.jars.is_dir() or not any(self.jars.glob("kafka_*.jar")):
@@ -193,103 +173,34 @@ class BrokerNode:
             raise KafkaError(f"formatting Kafka storage failed:\n{done.stdout}{done.stderr}")
         log.info("formatted Kafka storage in %s (cluster %s)", self.data_dir, cluster_id)
 
-    def start(self, timeout: float = 90.0) -> bool:
-        """Start the node unless it already runs; return True if this call started it."""
-        if self.is_running():
-            log.info("Kafka node %s already running (pid %s) on %s", self.node_id, self.pid(), self.bootstrap)
-            self.wait_ready(timeout)
-            return False
-        process, log_offset = self.launch()
-        self.wait_ready(timeout, log_offset=log_offset, process=process)
-        return True
-
     def launch(self) -> tuple[subprocess.Popen, int]:
         """Start the JVM without waiting for it; return it and where its part of the log begins.
 
         The nodes of a multi-node quorum are launched together and then waited for, because
         none of them finishes starting before a majority of the controllers is up.
         """
-        for port in (self.port, self.controller_port):
-            if port_in_use(self.host, port):
-                raise KafkaError(
-                    f"port {self.host}:{port} is taken by another process, not by EmoStream's broker; "
-                    f"stop that process, or set EMOSTREAM_KAFKA_BOOTSTRAP to use the Kafka already "
-                    f"listening there"
-                )
+        self.refuse_taken_ports()
         self.home.mkdir(parents=True, exist_ok=True)
         (self.home / "log4j2.properties").write_text(LOG4J2_CONFIG)
         self.config_file.write_text(self._properties())
         self._format()
-        command = [
-            require_java(),
-            f"-Xmx{self.heap}",
-            f"-Xms{self.heap}",
-            "-XX:+UseG1GC",
-            "-XX:MaxGCPauseMillis=20",
-            "-XX:+ExitOnOutOfMemoryError",
-            "-Djava.awt.headless=true",
-            f"-Dlog4j2.configurationFile={self.home / 'log4j2.properties'}",
-            f"-Dkafka.logs.dir={self.home}",
-            "-cp",
-            self.classpath(),
-            "kafka.Kafka",
-            str(self.config_file),
-        ]
-        offset = self.log_file.stat().st_size if self.log_file.exists() else 0
-        with open(self.log_file, "ab") as out:
-            process = subprocess.Popen(
-                command,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,  # Ctrl-C in the caller's terminal must not reach it
-            )
-        self.pid_file.write_text(str(process.pid))
-        log.info(
-            "starting Kafka node %s (pid %s) on %s, log %s", self.node_id, process.pid, self.bootstrap, self.log_file
+        return self.spawn(
+            [
+                require_java(),
+                f"-Xmx{self.heap}",
+                f"-Xms{self.heap}",
+                "-XX:+UseG1GC",
+                "-XX:MaxGCPauseMillis=20",
+                "-XX:+ExitOnOutOfMemoryError",
+                "-Djava.awt.headless=true",
+                f"-Dlog4j2.configurationFile={self.home / 'log4j2.properties'}",
+                f"-Dkafka.logs.dir={self.home}",
+                "-cp",
+                self.classpath(),
+                "kafka.Kafka",
+                str(self.config_file),
+            ]
         )
-        return process, offset
-
-    def wait_ready(self, timeout: float, log_offset: int = 0, process: subprocess.Popen | None = None) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if process is not None and process.poll() is not None:
-                self.pid_file.unlink(missing_ok=True)
-                raise KafkaError(
-                    f"Kafka exited with code {process.returncode}; see {self.log_file}:\n{_tail(self.log_file)}"
-                )
-            if process is None and not self.is_running():
-                raise KafkaError(f"Kafka is not running; see {self.log_file}")
-            if port_in_use(self.host, self.port) and _log_contains(self.log_file, READY_LINE, log_offset):
-                return
-            time.sleep(0.25)
-        raise KafkaError(f"Kafka did not become ready within {timeout:.0f} s; see {self.log_file}")
-
-    def stop(self, timeout: float = 30.0, kill: bool = False) -> bool:
-        """Stop the node by its pid; return True if it was running."""
-        pid = self.pid()
-        if pid is None:
-            self.pid_file.unlink(missing_ok=True)
-            return False
-        os.kill(pid, signal.SIGKILL if kill else signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while pid_alive(pid):
-            if time.monotonic() > deadline:
-                log.warning("Kafka pid %s ignored SIGTERM for %.0f s; killing it", pid, timeout)
-                os.kill(pid, signal.SIGKILL)
-                deadline = time.monotonic() + 10
-            time.sleep(0.1)
-            _reap(pid)
-        self.pid_file.unlink(missing_ok=True)
-        log.info("stopped Kafka node %s (pid %s)", self.node_id, pid)
-        return True
-
-
-def _reap(pid: int) -> None:
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
 
 
 def _random_cluster_id() -> str:
@@ -307,22 +218,6 @@ def _with_directory_ids(quorum: tuple[str, ...], cluster_id: str) -> list[str]:
         directory = uuid.uuid5(uuid.NAMESPACE_URL, f"{cluster_id}/{voter}")
         out.append(f"{voter}:{base64.urlsafe_b64encode(directory.bytes).decode().rstrip('=')}")
     return out
-
-
-def _log_contains(path: Path, needle: str, offset: int) -> bool:
-    try:
-        with open(path, "rb") as f:
-            f.seek(offset)
-            return needle.encode() in f.read()
-    except FileNotFoundError:
-        return False
-
-
-def _tail(path: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except FileNotFoundError:
-        return ""
 
 
 def local_node(settings: Settings) -> BrokerNode:
