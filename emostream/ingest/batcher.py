@@ -47,7 +47,7 @@ Entry = tuple[str, bytes, Segment | None]  # a record and the journal segment th
 # How often a flush yields to request threads while it hands records to the producer.
 YIELD_EVERY = 200
 # How often a worker looks for what stopped workers left in the journal (seconds).
-RECOVERY_INTERVAL = 1.0
+RECOVERY_INTERVAL = 0.5
 
 
 class Future(Protocol):

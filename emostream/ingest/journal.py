@@ -9,7 +9,7 @@ is therefore exactly what was answered 202 and not yet acknowledged by Kafka.
 A worker that dies, even by SIGKILL, leaves its segments behind: the data is in the kernel's
 page cache once ``write`` returns, so only a machine crash before the kernel writes it out
 can lose it (set ``EMOSTREAM_INGEST_JOURNAL_FSYNC=true`` to sync every write; it costs a disk
-flush per request). Every worker looks for orphaned segments when it starts and then every
+flush per request). Every worker looks for orphaned segments when it starts and then twice a
 second, so a sibling worker, or another instance sharing the state folder, sends them on
 within about a second, well inside the processor's watermark.
 
