@@ -23,12 +23,10 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from emostream import kafka  # noqa: E402
-from emostream.localkafka import BrokerNode  # noqa: E402
-from emostream.settings import ROOT, Settings  # noqa: E402
+from bench._common import kafka_for_bench, process_tree, tree_cpu_seconds  # noqa: E402
+from emostream.settings import Settings  # noqa: E402
 from emostream.simulator import Crowd, CrowdPlan, parse_mix  # noqa: E402
-from tests.stack import Stack, stack_settings  # noqa: E402
-from tests.support import free_port  # noqa: E402
+from tests.stack import Stack, running_stack, unique_stack_settings  # noqa: E402
 
 
 class Usage:
@@ -40,21 +38,10 @@ class Usage:
         self.cpu_start: dict[str, float] = {}
 
     def _tree(self, script: str) -> list[psutil.Process]:
-        try:
-            root = psutil.Process(self.stack.processes[script].pid)
-            return [root, *root.children(recursive=True)]
-        except psutil.Error:
-            return []
+        return process_tree(self.stack.processes[script].pid)
 
     def _cpu(self, script: str) -> float:
-        total = 0.0
-        for process in self._tree(script):
-            try:
-                times = process.cpu_times()
-                total += times.user + times.system
-            except psutil.Error:
-                pass
-        return total
+        return tree_cpu_seconds(self.stack.processes[script].pid)
 
     def start(self) -> None:
         self.cpu_start = {script: self._cpu(script) for script in self.stack.processes}
@@ -102,36 +89,23 @@ async def measure(stack: Stack, args: argparse.Namespace) -> tuple[dict, dict]:
 
 
 def run_config(name: str, trigger_ms: int, base: Settings, work: Path, args) -> tuple[dict, dict]:
-    tag = uuid.uuid4().hex[:8]
-    settings = stack_settings(
-        base.replace(
-            emoji_topic=f"emoji_topic.{tag}",
-            aggregate_topic=f"aggregated_emoji_topic.{tag}",
-            dead_letter_topic=f"emoji_dead_letter_topic.{tag}",
-            membership_topic=f"emostream_subscribers.{tag}",
-            cluster_topic_prefix=f"emostream_cluster.{tag}.",
-        ),
+    state = work / f"stack-{trigger_ms}ms"
+    settings = unique_stack_settings(
+        base,
+        state,
         clusters=3,
         subscribers_per_cluster=3,
         trigger_ms=trigger_ms,
-        checkpoint_dir=str(work / f"checkpoint-{tag}"),
         ingest_workers=2,
         rate_limit_per_user=1000.0,
         rate_burst_per_user=1000,
     )
-    kafka.ensure_topics(settings)
-    log_dir = work / f"logs-{name}"
-    log_dir.mkdir()
-    stack = Stack(settings, log_dir)
-    try:
-        stack.start(timeout=300)
+    with running_stack(settings, state, timeout=300) as stack:
         print(
             f"[{name}] stack up; crowd of {args.viewers} viewers at {args.rate:.0f} emoji/s for {args.duration:.0f} s",
             flush=True,
         )
         return asyncio.run(measure(stack, args))
-    finally:
-        stack.stop()
 
 
 def main() -> int:
@@ -143,20 +117,19 @@ def main() -> int:
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="emostream-e2e-bench-"))
-    port = free_port()
-    node = BrokerNode(
-        home=work / "kafka", port=port, controller_port=free_port(), heap="512m", jars=ROOT / "build" / "jars" / "kafka"
-    )
-    node.start()
-    base = Settings.from_env(
-        environ={}, kafka_bootstrap=node.bootstrap, state_dir=str(work), spark_ui=False, token_secret=uuid.uuid4().hex
-    )
     results = {}
     try:
-        for name, trigger in (("trigger 500 ms", 500), ("baseline: trigger 2 s", 2000)):
-            results[name] = run_config(name, trigger, base, work, args)
+        with kafka_for_bench(None, work, heap="512m") as bootstrap:
+            base = Settings.from_env(
+                environ={},
+                kafka_bootstrap=bootstrap,
+                state_dir=str(work),
+                spark_ui=False,
+                token_secret=uuid.uuid4().hex,
+            )
+            for name, trigger in (("trigger 500 ms", 500), ("baseline: trigger 2 s", 2000)):
+                results[name] = run_config(name, trigger, base, work, args)
     finally:
-        node.stop()
         shutil.rmtree(work, ignore_errors=True)
 
     print()

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -35,8 +34,8 @@ sys.path.insert(0, str(ROOT))
 
 import requests  # noqa: E402
 
+from bench._common import ensure_wrk, free_port, kafka_for_bench, start_wrk, stop_process_group, wrk_result  # noqa: E402
 from emostream import kafka  # noqa: E402
-from emostream.localkafka import BrokerNode  # noqa: E402
 from emostream.settings import Settings  # noqa: E402
 from emostream.wire import now_ms  # noqa: E402
 
@@ -58,14 +57,6 @@ function done(summary, latency, requests)
     summary.requests, summary.duration, table.concat(parts, ",")))
 end
 """
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def polite_load(url: str, users: int, interval: float, seconds: float, tag: str) -> tuple[list[float], dict[int, int]]:
@@ -99,15 +90,6 @@ def polite_load(url: str, users: int, interval: float, seconds: float, tag: str)
     return latencies, statuses
 
 
-def flood(wrk: str, url: str, script: Path, connections: int, seconds: float) -> subprocess.Popen:
-    return subprocess.Popen(
-        [wrk, "-t1", f"-c{connections}", f"-d{seconds:.0f}s", "-s", str(script), url],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-
-
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))] if ordered else float("nan")
@@ -123,25 +105,18 @@ def main() -> int:
     parser.add_argument("--bootstrap", help="use this Kafka instead of starting a private broker")
     args = parser.parse_args()
 
-    wrk = shutil.which("wrk")
-    if wrk is None:
-        raise SystemExit("wrk is required for the flood: apt-get install wrk")
+    wrk = ensure_wrk()
     work = Path(tempfile.mkdtemp(prefix="emostream-flood-bench-"))
-    broker = None
+    try:
+        with kafka_for_bench(args.bootstrap, work, heap="384m") as bootstrap:
+            return run(args, wrk, work, bootstrap)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def run(args: argparse.Namespace, wrk: str, work: Path, bootstrap: str) -> int:
     ingest = None
     try:
-        if args.bootstrap:
-            bootstrap = args.bootstrap
-        else:
-            broker = BrokerNode(
-                home=work / "kafka",
-                port=free_port(),
-                controller_port=free_port(),
-                heap="384m",
-                jars=ROOT / "build" / "jars" / "kafka",
-            )
-            broker.start()
-            bootstrap = broker.bootstrap
         tag = uuid.uuid4().hex[:8]
         settings = Settings.from_env(
             environ={}, kafka_bootstrap=bootstrap, ingest_port=free_port(), state_dir=str(work / "state")
@@ -174,15 +149,16 @@ def main() -> int:
 
         rows = []
         for phase in ("baseline", "flood"):
-            flooder = flood(wrk, url, script, args.flood_connections, args.seconds + 2) if phase == "flood" else None
+            flooder = (
+                start_wrk(wrk, url, script, args.flood_connections, args.seconds + 2) if phase == "flood" else None
+            )
             if flooder is not None:
                 time.sleep(1.0)  # the flood is at full strength before measuring
             latencies, statuses = polite_load(url, args.polite_users, args.interval, args.seconds, f"{tag}-{phase}")
             flood_result = {}
             if flooder is not None:
                 output, _ = flooder.communicate(timeout=args.seconds + 30)
-                line = next((x for x in output.splitlines() if x.startswith("WRK_RESULT ")), None)
-                flood_result = json.loads(line.removeprefix("WRK_RESULT ")) if line else {"error": output[-500:]}
+                flood_result = wrk_result(output) or {"error": output[-500:]}
             rows.append((phase, latencies, statuses, flood_result))
 
         print(
@@ -210,14 +186,8 @@ def main() -> int:
             )
         return 0
     finally:
-        if ingest is not None and ingest.poll() is None:
-            import os
-
-            os.killpg(ingest.pid, signal.SIGTERM)
-            ingest.wait(60)
-        if broker is not None:
-            broker.stop()
-        shutil.rmtree(work, ignore_errors=True)
+        if ingest is not None:
+            stop_process_group(ingest)
 
 
 if __name__ == "__main__":

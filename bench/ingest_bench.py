@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -39,8 +38,8 @@ sys.path.insert(0, str(ROOT))
 
 import requests  # noqa: E402
 
+from bench._common import ensure_wrk, free_port, kafka_for_bench, run_wrk, stop_process_group, tree_cpu_seconds  # noqa: E402
 from emostream import kafka  # noqa: E402
-from emostream.localkafka import BrokerNode  # noqa: E402
 from emostream.settings import Settings  # noqa: E402
 
 # wrk script: a pool of ready-made requests, each with emoji of users no other request uses;
@@ -121,27 +120,6 @@ class Result:
     load_before: float
 
 
-def ensure_wrk() -> str:
-    found = shutil.which("wrk")
-    if found:
-        return found
-    if os.geteuid() == 0 and shutil.which("apt-get"):
-        print("wrk not found: installing the Debian package (apt-get install wrk)", flush=True)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=True, stdout=subprocess.DEVNULL)
-        found = shutil.which("wrk")
-        if found:
-            return found
-    raise SystemExit("wrk is required: install it (Debian/Ubuntu: apt-get install wrk; macOS: brew install wrk)")
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def produced_count(settings: Settings) -> int:
     from kafka import TopicPartition
 
@@ -152,21 +130,6 @@ def produced_count(settings: Settings) -> int:
         return sum(ends.values())
     finally:
         consumer.close()
-
-
-def tree_cpu_seconds(pid: int) -> float:
-    """CPU time (user + system) used so far by a process and its children: the server's cost."""
-    import psutil
-
-    total = 0.0
-    root = psutil.Process(pid)
-    for process in [root, *root.children(recursive=True)]:
-        try:
-            times = process.cpu_times()
-            total += times.user + times.system
-        except psutil.NoSuchProcess:
-            pass
-    return total
 
 
 def counters(url: str) -> dict[str, float]:
@@ -215,39 +178,8 @@ def start_ingest(settings: Settings, dev: bool, log_path: Path) -> subprocess.Po
         except requests.RequestException:
             pass
         time.sleep(0.2)
-    stop(process)
+    stop_process_group(process)
     raise SystemExit(f"ingest did not become healthy; see {log_path}")
-
-
-def stop(process: subprocess.Popen) -> int:
-    """SIGTERM (the ingest flushes its buffers), SIGKILL if it hangs."""
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(10)
-    return process.returncode
-
-
-def run_wrk(wrk: str, url: str, script: Path, connections: int, seconds: float, threads: int) -> dict:
-    command = [
-        wrk,
-        f"-t{threads}",
-        f"-c{connections}",
-        f"-d{max(1, round(seconds))}s",
-        "--timeout",
-        "10s",
-        "-s",
-        str(script),
-        url,
-    ]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60)
-    for line in done.stdout.splitlines():
-        if line.startswith("WRK_RESULT "):
-            return json.loads(line[len("WRK_RESULT ") :])
-    raise RuntimeError(f"wrk printed no result:\n{done.stdout}\n{done.stderr}")
 
 
 def bench_one(args: argparse.Namespace, wrk: str, base: Settings, work: Path, server: str, per_request: int) -> Result:
@@ -282,7 +214,7 @@ def bench_one(args: argparse.Namespace, wrk: str, base: Settings, work: Path, se
         final = drained(url)
         cpu_end, end = tree_cpu_seconds(process.pid), time.monotonic()
     finally:
-        exit_code = stop(process)
+        exit_code = stop_process_group(process)
     if exit_code != 0:
         print(f"warning: ingest exited with {exit_code}; see {work / f'{server}.log'}", flush=True)
     produced = produced_count(settings)
@@ -362,38 +294,25 @@ def main() -> int:
 
     wrk = ensure_wrk()
     work = Path(tempfile.mkdtemp(prefix="emostream-ingest-bench-"))
-    node = None
     ok = False
     try:
-        if args.bootstrap:
-            bootstrap = args.bootstrap
-        else:
-            node = BrokerNode(
-                home=work / "kafka",
-                port=free_port(),
-                controller_port=free_port(),
-                heap="512m",
-                jars=ROOT / "build" / "jars" / "kafka",
-            )
-            print(f"starting a private Kafka broker on {node.bootstrap} ...", flush=True)
-            node.start()
-            bootstrap = node.bootstrap
-        base = Settings.from_env(environ={}, kafka_bootstrap=bootstrap, log_level="WARNING")
-        if args.workers:
-            base = base.replace(ingest_workers=args.workers)
-        if args.threads:
-            base = base.replace(ingest_threads=args.threads)
-        servers = [f"gunicorn-{name.strip()}" for name in args.worker_classes.split(",") if name.strip()]
-        if not args.no_baseline:
-            servers.append("flask-dev")
-        results = []
-        for per_request in (int(n) for n in args.payloads.split(",")):
-            for server in servers:
-                print(
-                    f"{server}, {per_request} emoji/request: {args.seconds:g} s x {args.connections} connections",
-                    flush=True,
-                )
-                results.append(bench_one(args, wrk, base, work, server, per_request))
+        with kafka_for_bench(args.bootstrap, work, heap="512m", kill=True) as bootstrap:
+            base = Settings.from_env(environ={}, kafka_bootstrap=bootstrap, log_level="WARNING")
+            if args.workers:
+                base = base.replace(ingest_workers=args.workers)
+            if args.threads:
+                base = base.replace(ingest_threads=args.threads)
+            servers = [f"gunicorn-{name.strip()}" for name in args.worker_classes.split(",") if name.strip()]
+            if not args.no_baseline:
+                servers.append("flask-dev")
+            results = []
+            for per_request in (int(n) for n in args.payloads.split(",")):
+                for server in servers:
+                    print(
+                        f"{server}, {per_request} emoji/request: {args.seconds:g} s x {args.connections} connections",
+                        flush=True,
+                    )
+                    results.append(bench_one(args, wrk, base, work, server, per_request))
         print_table(results)
         out = ROOT / "bench" / "results"
         out.mkdir(parents=True, exist_ok=True)
@@ -402,8 +321,6 @@ def main() -> int:
         ok = all(r.accepted == r.produced for r in results)
         return 0 if ok else 1
     finally:
-        if node is not None:
-            node.stop(kill=True)
         if ok:
             shutil.rmtree(work, ignore_errors=True)
         else:

@@ -28,7 +28,6 @@ import math
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -44,6 +43,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench._common import free_port, stop_process_group  # noqa: E402
 from emostream import kafka  # noqa: E402
 from emostream.settings import Settings  # noqa: E402
 
@@ -358,7 +358,7 @@ def run_configuration(
             )
     finally:
         monitor.finish()
-        stop(child)
+        stop_process_group(child)
         result.jvm_peak_mb = monitor.peak_mb
     return result
 
@@ -382,16 +382,6 @@ def wait_for_dead_letters(port: int, expected: int, timeout: float = 120) -> flo
             break
         time.sleep(0.5)
     return written
-
-
-def stop(child: subprocess.Popen) -> None:
-    if child.poll() is None:
-        os.killpg(child.pid, signal.SIGTERM)
-        try:
-            child.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(child.pid, signal.SIGKILL)
-            child.wait(10)
 
 
 # --------------------------------------------------------------------------- report
@@ -450,12 +440,6 @@ def report(results: list[Result], args: argparse.Namespace, load_before: str, lo
 
 
 # --------------------------------------------------------------------------- main
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def say(message: str) -> None:

@@ -29,11 +29,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from emostream import kafka, webui  # noqa: E402
+from emostream import webui  # noqa: E402
 from emostream.settings import Settings  # noqa: E402
-from tests.browser.conftest import CHROMIUM, CHROMIUM_ARGS, wait_for_window_start, warm_up  # noqa: E402
-from tests.conftest import TEST_KAFKA_PORT, unique_topics  # noqa: E402
-from tests.stack import Stack, stack_settings  # noqa: E402
+from tests.browser.conftest import (  # noqa: E402
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    wait_for_window_start,
+    warm_up,
+    web_stack_settings,
+)
+from tests.conftest import TEST_KAFKA_PORT  # noqa: E402
+from tests.stack import Stack, running_stack  # noqa: E402
 
 
 def parse_seconds(text: str) -> float:
@@ -57,25 +63,10 @@ def main(argv: list[str] | None = None) -> int:
 
     state = Path(tempfile.mkdtemp(prefix="viewer-bench-"))
     base = Settings.from_env(environ={}, kafka_bootstrap=args.bootstrap, spark_ui=False, token_secret=uuid.uuid4().hex)
-    settings = stack_settings(
-        unique_topics(base),
-        clusters=1,
-        subscribers_per_cluster=2,
-        trigger_ms=300,
-        checkpoint_dir=str(state / "checkpoint"),
-        state_dir=str(state),
-    )
-    settings = settings.replace(cors_origins=(f"http://127.0.0.1:{settings.registration_port}",))
-    kafka.ensure_topics(settings)
-    (state / "logs").mkdir()
-    stack = Stack(settings, state / "logs")
+    settings = web_stack_settings(base, state, clusters=1)
     print(f"starting the stack (logs in {state / 'logs'}) ...", flush=True)
-    try:
-        stack.start(timeout=240)
-        warm_up(stack)
+    with running_stack(settings, state, timeout=240, ready=warm_up) as stack:
         python, browser = measure(stack, args.taps)
-    finally:
-        stack.stop()
 
     print(f"\ntap → on screen, {args.taps} taps each, 1 cluster x 2 nodes, trigger {settings.trigger_ms} ms")
     print(f"{'viewer':<10}{'taps':>6}{'p50 s':>9}{'p95 s':>9}{'max s':>9}")

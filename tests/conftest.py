@@ -1,8 +1,9 @@
 """Test fixtures: one real Kafka broker and one SparkSession per test run.
 
-The test broker listens on 127.0.0.1:19092 with its own state under
-build/test-state, so it never touches a broker that ``make run`` started. Set
-EMOSTREAM_TEST_KAFKA_BOOTSTRAP to test against a cluster that is already running.
+The test broker listens on 127.0.0.1:19092 (EMOSTREAM_TEST_KAFKA_PORT) with its own state
+under build/test-state/kafka-<port>, so it never touches a broker that ``make run`` started,
+nor another test session's. Set EMOSTREAM_TEST_KAFKA_BOOTSTRAP to test against a cluster
+that is already running.
 Every test that asks for ``settings`` gets topics of its own.
 """
 
@@ -44,7 +45,8 @@ def kafka_broker() -> Iterator[str]:
 
 def broker_node_for_tests() -> BrokerNode:
     return BrokerNode(
-        home=TEST_STATE / "kafka",
+        # A folder per port: two test sessions on different ports never share (or wipe) a broker.
+        home=TEST_STATE / f"kafka-{TEST_KAFKA_PORT}",
         port=TEST_KAFKA_PORT,
         controller_port=TEST_KAFKA_PORT + 1,
         heap="512m",

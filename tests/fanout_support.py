@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import requests
@@ -11,6 +13,7 @@ import requests
 from emostream import kafka
 from emostream.fanout.ops import ensure_fanout_topics
 from emostream.settings import Settings
+from emostream.viewer import Viewer
 from emostream.wire import make_aggregate
 from tests.conftest import unique_topics
 from tests.support import free_port
@@ -92,8 +95,6 @@ def received_windows(viewer: Any) -> list[int]:
 
 async def all_connected(viewers: Iterable[Any], timeout: float) -> None:
     """Wait until every viewer is connected; on timeout say which are not and why."""
-    import asyncio
-
     viewers = list(viewers)
     try:
         await asyncio.wait_for(asyncio.gather(*(viewer.wait_connected() for viewer in viewers)), timeout)
@@ -104,3 +105,54 @@ async def all_connected(viewers: Iterable[Any], timeout: float) -> None:
             if not viewer.connected
         ]
         raise AssertionError(f"{len(stuck)} viewer(s) not connected after {timeout:.0f} s: {stuck}") from None
+
+
+@asynccontextmanager
+async def started_viewers(
+    settings: Settings, count: int, event_id: str, timeout: float = 60, **options: Any
+) -> AsyncIterator[list[Viewer]]:
+    """``count`` viewers of ``event_id``, started; every viewer in the list is closed at the end.
+
+    Viewers added to the list inside the block are closed with the others.
+    """
+    viewers = [Viewer(registration_url(settings), event_id=event_id, **options) for _ in range(count)]
+    try:
+        await asyncio.gather(*(viewer.start(timeout=timeout) for viewer in viewers))
+        yield viewers
+    finally:
+        await asyncio.gather(*(viewer.close() for viewer in viewers))
+
+
+def served_by(viewers: list[Viewer], node_id: str) -> list[Viewer]:
+    """The viewers connected to ``node_id``; a test that takes that node away needs at least one."""
+    on_node = [viewer for viewer in viewers if viewer.subscriber == node_id]
+    assert on_node, f"the balancer put nobody on {node_id}"
+    return on_node
+
+
+async def rejoin(
+    settings: Settings, viewers: list[Viewer], displaced: list[Viewer], fresh: int, timeout: float
+) -> list:
+    """After a node went away: ``fresh`` new viewers of "final" join (added to ``viewers``),
+    ``displaced`` ones connect again, and the membership counts every viewer."""
+    newcomers = [Viewer(registration_url(settings), event_id="final") for _ in range(fresh)]
+    await asyncio.gather(*(viewer.start(timeout=timeout) for viewer in newcomers))
+    viewers.extend(newcomers)
+    await all_connected(displaced, 60)
+    await asyncio.to_thread(
+        wait_until,
+        lambda: membership(settings)["connections"] == len(viewers),
+        30,
+        "every viewer connected again",
+    )
+    return newcomers
+
+
+async def event_in_heartbeats(settings: Settings, event_id: str) -> None:
+    """Wait until a live node's heartbeat lists ``event_id``: routing follows heartbeats."""
+    await asyncio.to_thread(
+        wait_until,
+        lambda: any(node["events"].get(event_id) for node in live_nodes(settings).values()),
+        30,
+        "the viewer's event in a heartbeat",
+    )

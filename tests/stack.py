@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import signal
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import requests
 
+from emostream import kafka
 from emostream.settings import Settings
 from emostream.wire import now_ms
+from tests.conftest import unique_topics
 from tests.support import ServiceProcess, free_port, read_topic, wait_http
 
 
@@ -126,6 +130,45 @@ class Stack:
             process = self.processes.get(script)
             if process is not None:
                 process.stop(timeout=40)
+
+
+def unique_stack_settings(base: Settings, state: Path, **changes) -> Settings:
+    """:func:`stack_settings` on topics of its own (created), keeping its state under ``state``."""
+    settings = stack_settings(
+        unique_topics(base), checkpoint_dir=str(state / "checkpoint"), state_dir=str(state), **changes
+    )
+    kafka.ensure_topics(settings)
+    return settings
+
+
+@contextmanager
+def running_stack(
+    settings: Settings,
+    state: Path,
+    timeout: float,
+    kind: Callable[[Settings, Path], Stack] = Stack,
+    ready: Callable[[Stack], None] | None = None,
+) -> Iterator[Stack]:
+    """A started ``kind`` of :class:`Stack` (logs in ``state``/logs), stopped at the end.
+
+    ``ready`` runs after the start, as part of it: when either fails, the services' logs
+    are printed and the stack is stopped before the error goes on.
+    """
+    log_dir = state / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    stack = kind(settings, log_dir)
+    try:
+        stack.start(timeout=timeout)
+        if ready is not None:
+            ready(stack)
+    except Exception:
+        print(stack.logs())
+        stack.stop()
+        raise
+    try:
+        yield stack
+    finally:
+        stack.stop()
 
 
 def _live_nodes(membership) -> list:

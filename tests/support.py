@@ -57,6 +57,16 @@ def read_topic(
     return records
 
 
+def leader_of(settings: Settings, topic: str, partition: int = 0) -> int:
+    """The broker id leading ``partition`` of ``topic``."""
+    client = kafka.admin(settings)
+    try:
+        (described,) = client.describe_topics([topic])
+    finally:
+        client.close()
+    return next(p["leader_id"] for p in described["partitions"] if p["partition_index"] == partition)
+
+
 def wait_http(url: str, timeout: float = 30.0, process: subprocess.Popen | None = None) -> requests.Response:
     """GET ``url`` until it answers (any status), or fail."""
     deadline = time.monotonic() + timeout
@@ -82,13 +92,17 @@ class ServiceProcess:
         child_env["PYTHONPATH"] = str(ROOT)
         self._log = open(self.log_path, "wb")
         self.process = subprocess.Popen(
-            [sys.executable, str(ROOT / script), *args],
+            self.command(script, args),
             cwd=ROOT,
             env=child_env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+
+    def command(self, script: str, args: tuple[str, ...]) -> list[str]:
+        """The child's command line: a top-level Python script, run by the tests' interpreter."""
+        return [sys.executable, str(ROOT / script), *args]
 
     @property
     def pid(self) -> int:

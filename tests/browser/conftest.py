@@ -21,10 +21,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from emostream import kafka, webui
-from emostream.settings import ROOT
-from tests.conftest import unique_topics
-from tests.stack import Stack, stack_settings
+from emostream import webui
+from emostream.settings import ROOT, Settings
+from tests.stack import Stack, running_stack, unique_stack_settings
 from tests.support import read_topic
 
 CHROMIUM = Path(os.environ.get("EMOSTREAM_CHROMIUM", "/usr/bin/chromium"))
@@ -75,34 +74,26 @@ def browser():
 @pytest.fixture(scope="package")
 def web_stack(base_settings, tmp_path_factory) -> Iterator[Stack]:
     state = tmp_path_factory.mktemp("browser-stack")
-    settings = stack_settings(
-        unique_topics(base_settings),
-        clusters=2,
-        subscribers_per_cluster=2,
-        trigger_ms=300,
-        checkpoint_dir=str(state / "checkpoint"),
-        state_dir=str(state),
-    )
+    settings = web_stack_settings(base_settings, state, clusters=2)
+    with running_stack(settings, state, timeout=240, ready=serves_pages_and_counts) as stack:
+        yield stack
+
+
+def web_stack_settings(base: Settings, state: Path, clusters: int) -> Settings:
+    """A stack whose pages, served by registration, may call the other services from the browser."""
+    settings = unique_stack_settings(base, state, clusters=clusters, subscribers_per_cluster=2, trigger_ms=300)
     # The pages are served by registration: its origin is the one the browser calls from.
-    settings = settings.replace(cors_origins=(f"http://127.0.0.1:{settings.registration_port}",))
-    kafka.ensure_topics(settings)
-    log_dir = state / "logs"
-    log_dir.mkdir()
-    stack = Stack(settings, log_dir)
-    try:
-        stack.start(timeout=240)
-        page = requests.get(f"{stack.registration_url}/", timeout=10)
-        assert page.status_code == 200 and b"emoji-buttons" in page.content, (
-            f"registration does not serve the viewer page (HTTP {page.status_code}): "
-            "its app must mount emostream.webui.blueprint(settings)"
-        )
-        warm_up(stack)
-    except Exception:
-        print(stack.logs())
-        stack.stop()
-        raise
-    yield stack
-    stack.stop()
+    return settings.replace(cors_origins=(f"http://127.0.0.1:{settings.registration_port}",))
+
+
+def serves_pages_and_counts(stack: Stack) -> None:
+    """Registration serves the viewer page, and an emoji has gone all the way through."""
+    page = requests.get(f"{stack.registration_url}/", timeout=10)
+    assert page.status_code == 200 and b"emoji-buttons" in page.content, (
+        f"registration does not serve the viewer page (HTTP {page.status_code}): "
+        "its app must mount emostream.webui.blueprint(settings)"
+    )
+    warm_up(stack)
 
 
 def warm_up(stack: Stack, timeout: float = 240.0) -> None:

@@ -10,37 +10,17 @@ import time
 import pytest
 
 from emostream.simulator import Crowd, CrowdPlan, parse_mix
-from tests.stack import Stack, stack_settings
+from tests.stack import Stack, running_stack, unique_stack_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
 def stack(base_settings, tmp_path_factory):
-    from emostream import kafka
-    from tests.conftest import unique_topics
-
     state = tmp_path_factory.mktemp("e2e")
-    settings = stack_settings(
-        unique_topics(base_settings),
-        clusters=2,
-        subscribers_per_cluster=2,
-        trigger_ms=500,
-        checkpoint_dir=str(state / "checkpoint"),
-        state_dir=str(state),
-    )
-    kafka.ensure_topics(settings)
-    log_dir = state / "logs"
-    log_dir.mkdir()
-    running = Stack(settings, log_dir)
-    try:
-        running.start(timeout=180)
-    except Exception:
-        print(running.logs())
-        running.stop()
-        raise
-    yield running
-    running.stop()
+    settings = unique_stack_settings(base_settings, state, clusters=2, subscribers_per_cluster=2, trigger_ms=500)
+    with running_stack(settings, state, timeout=180) as running:
+        yield running
 
 
 def crowd_plan(stack: Stack, **changes) -> CrowdPlan:

@@ -6,9 +6,7 @@ of a single ``app.py``, so killing one instance is a fault the clients can survi
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,33 +14,25 @@ from pathlib import Path
 import pytest
 import requests
 
-from emostream import kafka
 from emostream.fanout.ops import ensure_fanout_topics
 from emostream.settings import ROOT, Settings
-from tests.conftest import unique_topics
 from tests.faults.support import wait_for_topic_metadata
-from tests.stack import Stack, stack_settings
+from tests.stack import Stack, running_stack, unique_stack_settings
+from tests.support import ServiceProcess
 
 POOL_INSTANCES = 2
 
 
-class IngestPool:
+class IngestPool(ServiceProcess):
     """``bin/ingest-pool`` as a child process."""
 
     def __init__(self, settings: Settings, log_dir: Path, instances: int = POOL_INSTANCES):
         self.settings = settings
         self.instances = instances
-        self.log_path = log_dir / f"ingest-pool-{int(time.time() * 1000)}.log"
-        self._log = open(self.log_path, "wb")
-        env = {**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1"}
-        self.process = subprocess.Popen(
-            [str(ROOT / "bin" / "ingest-pool"), "--instances", str(instances)],
-            cwd=ROOT,
-            env=env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        super().__init__("bin/ingest-pool", settings, log_dir, "--instances", str(instances))
+
+    def command(self, script: str, args: tuple[str, ...]) -> list[str]:
+        return [str(ROOT / script), *args]  # a launcher that picks the project's interpreter itself
 
     @property
     def url(self) -> str:
@@ -71,20 +61,9 @@ class IngestPool:
             time.sleep(0.3)
         raise TimeoutError(f"the ingest pool was not ready within {timeout:.0f} s:\n{self.log()}")
 
-    def log(self) -> str:
-        self._log.flush()
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self, timeout: float = 90.0) -> int:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(10)
-        self._log.close()
-        return self.process.returncode
+    def stop(self, timeout: float = 90.0, sig: int = signal.SIGTERM) -> int:
+        # Longer than a single service: every instance flushes its buffer to Kafka first.
+        return super().stop(timeout, sig)
 
 
 class FaultStack(Stack):
@@ -116,16 +95,7 @@ class FaultStack(Stack):
 
 
 def fault_settings(base: Settings, state: Path, **changes) -> Settings:
-    settings = stack_settings(
-        unique_topics(base),
-        clusters=1,
-        subscribers_per_cluster=3,
-        trigger_ms=500,
-        checkpoint_dir=str(state / "checkpoint"),
-        state_dir=str(state),
-        **changes,
-    )
-    kafka.ensure_topics(settings)
+    settings = unique_stack_settings(base, state, clusters=1, subscribers_per_cluster=3, trigger_ms=500, **changes)
     ensure_fanout_topics(settings)
     wait_for_topic_metadata(settings)
     return settings
@@ -134,15 +104,5 @@ def fault_settings(base: Settings, state: Path, **changes) -> Settings:
 @pytest.fixture(scope="module")
 def fault_stack(base_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultStack]:
     state = tmp_path_factory.mktemp("faults")
-    settings = fault_settings(base_settings, state)
-    log_dir = state / "logs"
-    log_dir.mkdir()
-    stack = FaultStack(settings, log_dir)
-    try:
-        stack.start(timeout=240)
-    except Exception:
-        print(stack.logs())
-        stack.stop()
-        raise
-    yield stack
-    stack.stop()
+    with running_stack(fault_settings(base_settings, state), state, timeout=240, kind=FaultStack) as stack:
+        yield stack

@@ -26,8 +26,8 @@ from tests.faults.support import (
     run_with_fault,
     summary,
 )
-from tests.stack import Stack
-from tests.support import free_port
+from tests.stack import Stack, running_stack
+from tests.support import free_port, leader_of
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults, pytest.mark.slow]
 
@@ -52,17 +52,8 @@ def cluster_stack(
     state = tmp_path_factory.mktemp("broker-faults-stack")
     settings = fault_settings(cluster.settings(base_settings), state)
     assert (settings.replication_factor, settings.min_insync_replicas) == (3, 2)
-    log_dir = state / "logs"
-    log_dir.mkdir()
-    stack = Stack(settings, log_dir)
-    try:
-        stack.start(timeout=240)
-    except Exception:
-        print(stack.logs())
-        stack.stop()
-        raise
-    yield stack
-    stack.stop()
+    with running_stack(settings, state, timeout=240) as stack:
+        yield stack
 
 
 def test_one_broker_of_three_killed_and_restarted_loses_and_repeats_nothing(
@@ -71,7 +62,7 @@ def test_one_broker_of_three_killed_and_restarted_loses_and_repeats_nothing(
     stack = cluster_stack
     settings = stack.settings
     crowd = TracedCrowd(plan_for(settings, (stack.ingest_url,), stack.registration_url, duration=30.0))
-    victim = cluster.node(_leader_of(settings, settings.emoji_topic))
+    victim = cluster.node(leader_of(settings, settings.emoji_topic))
 
     async def kill_and_restart_broker() -> dict:
         killed_at = time.monotonic()
@@ -92,15 +83,6 @@ def test_one_broker_of_three_killed_and_restarted_loses_and_repeats_nothing(
 
     assert_every_acknowledged_emoji_counted_once(books, stack.logs())
     assert books["viewer_windows_missing"] == 0
-
-
-def _leader_of(settings: Settings, topic: str, partition: int = 0) -> int:
-    client = kafka.admin(settings)
-    try:
-        (described,) = client.describe_topics([topic])
-    finally:
-        client.close()
-    return next(p["leader_id"] for p in described["partitions"] if p["partition_index"] == partition)
 
 
 def _wait_until_fully_replicated(settings: Settings, timeout: float) -> None:

@@ -13,6 +13,7 @@ import signal
 import sys
 import time
 from collections.abc import Iterator
+from functools import partial
 
 import pytest
 import requests
@@ -28,7 +29,7 @@ from tests.faults.support import (
     run_with_fault,
     summary,
 )
-from tests.stack import Stack
+from tests.stack import Stack, running_stack
 from tests.support import ServiceProcess, free_port, wait_http
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults, pytest.mark.slow, pytest.mark.spark]
@@ -74,17 +75,9 @@ def cluster_stack(
 ) -> Iterator[ClusterStack]:
     state = tmp_path_factory.mktemp("processor-cluster-faults")
     settings = fault_settings(base_settings.replace(spark_master=spark_cluster.master_url), state)
-    log_dir = state / "logs"
-    log_dir.mkdir()
-    stack = ClusterStack(settings, log_dir, spark_cluster)
-    try:
-        stack.start(timeout=300)
-    except Exception:
-        print(stack.logs())
-        stack.stop()
-        raise
-    yield stack
-    stack.stop()
+    kind = partial(ClusterStack, spark=spark_cluster)
+    with running_stack(settings, state, timeout=300, kind=kind) as stack:
+        yield stack
 
 
 def test_counts_stay_exact_when_the_processor_on_a_spark_cluster_is_killed_and_restarted(cluster_stack: ClusterStack):

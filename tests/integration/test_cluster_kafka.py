@@ -9,16 +9,17 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import pytest
 from kafka.admin import ConfigResource, ConfigResourceType
 
 from emostream import kafka
 from emostream.localcluster import KafkaCluster
-from emostream.localkafka import pid_alive
 from emostream.settings import ROOT, Settings
 from tests.conftest import unique_topics
-from tests.support import free_port, read_topic
+from tests.integration.cluster_support import assert_stop_ends_every_process, parse_exports
+from tests.support import free_port, leader_of, read_topic
 
 pytestmark = pytest.mark.integration
 
@@ -31,21 +32,12 @@ def cli_env(settings: Settings) -> dict[str, str]:
     return {**inherited, **settings.to_env()}
 
 
-def parse_exports(stdout: str) -> dict[str, str]:
-    exports = {}
-    for line in stdout.splitlines():
-        if line.startswith("export "):
-            name, _, value = line[len("export ") :].partition("=")
-            exports[name] = value
-    return exports
-
-
+@dataclass
 class Started:
-    def __init__(self, cluster: KafkaCluster, exports: dict[str, str], settings: Settings, env: dict[str, str]):
-        self.cluster = cluster
-        self.exports = exports
-        self.settings = settings
-        self.env = env
+    cluster: KafkaCluster
+    exports: dict[str, str]
+    settings: Settings
+    env: dict[str, str]
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +127,7 @@ def test_every_acknowledged_record_is_read_exactly_once_after_a_broker_is_killed
     settings = unique_topics(started.settings)
     kafka.ensure_topics(settings)
     topic = settings.emoji_topic
-    victim = started.cluster.node(_leader_of(settings, topic, partition=0))
+    victim = started.cluster.node(leader_of(settings, topic, partition=0))
 
     load = SteadyLoad(settings, topic)
     load.start()
@@ -168,26 +160,9 @@ def test_every_acknowledged_record_is_read_exactly_once_after_a_broker_is_killed
 
 def test_stop_ends_every_node_and_status_reports_it(started):
     pids = [node.pid() for node in started.cluster.nodes]
-    assert all(pids)
 
-    done = subprocess.run(
-        [CLI, "stop", "--state", str(started.cluster.home)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=started.env,
-    )
-    status = subprocess.run(
-        [CLI, "status", "--state", str(started.cluster.home)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=started.env,
-    )
+    status = assert_stop_ends_every_process(CLI, ["--state", str(started.cluster.home)], started.env, pids)
 
-    assert done.returncode == 0, done.stderr
-    assert not any(pid_alive(pid) for pid in pids)
-    assert status.returncode == 1
     assert status.stderr.count("stopped") == 3
 
 
@@ -234,15 +209,6 @@ class SteadyLoad:
         self._thread.join(30)
         self.producer.flush(timeout=150)
         self.producer.close(timeout=30)
-
-
-def _leader_of(settings: Settings, topic: str, partition: int) -> int:
-    client = kafka.admin(settings)
-    try:
-        (described,) = client.describe_topics([topic])
-    finally:
-        client.close()
-    return next(p["leader_id"] for p in described["partitions"] if p["partition_index"] == partition)
 
 
 def _isrs(settings: Settings, topic: str) -> list[list[int]]:

@@ -11,14 +11,15 @@ import os
 import subprocess
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import pytest
 
 from emostream import kafka
 from emostream.localcluster import LegacyKafka, four_letter_word
-from emostream.localkafka import pid_alive
 from emostream.settings import ROOT, Settings
 from tests.conftest import unique_topics
+from tests.integration.cluster_support import assert_stop_ends_every_process
 from tests.support import free_port, read_topic
 
 pytestmark = pytest.mark.integration
@@ -26,13 +27,13 @@ pytestmark = pytest.mark.integration
 CLI = str(ROOT / "bin" / "kafka-legacy")
 
 
+@dataclass
 class Started:
-    def __init__(self, stack: LegacyKafka, args: list[str], stdout: str, settings: Settings, env: dict[str, str]):
-        self.stack = stack
-        self.args = args
-        self.stdout = stdout
-        self.settings = settings
-        self.env = env
+    stack: LegacyKafka
+    args: list[str]
+    stdout: str
+    settings: Settings
+    env: dict[str, str]
 
 
 @pytest.fixture(scope="module")
@@ -125,11 +126,5 @@ def _consume_group(settings: Settings, topic: str, group: str, wanted: int) -> l
 
 def test_stop_ends_zookeeper_and_the_broker(started):
     pids = list(started.stack.running().values())
-    assert all(pids)
 
-    done = subprocess.run([CLI, "stop", *started.args], capture_output=True, text=True, timeout=120, env=started.env)
-    status = subprocess.run([CLI, "status", *started.args], capture_output=True, text=True, timeout=60, env=started.env)
-
-    assert done.returncode == 0, done.stderr
-    assert not any(pid_alive(pid) for pid in pids)
-    assert status.returncode == 1
+    assert_stop_ends_every_process(CLI, started.args, started.env, pids)

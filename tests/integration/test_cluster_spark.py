@@ -12,13 +12,14 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import pytest
 
 from emostream import kafka
 from emostream.localcluster import SparkStandalone
-from emostream.localkafka import pid_alive
 from emostream.settings import ROOT, Settings
+from tests.integration.cluster_support import assert_stop_ends_every_process, parse_exports
 from tests.support import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.spark]
@@ -27,21 +28,12 @@ CLI = str(ROOT / "bin" / "spark-cluster")
 RESULT_PREFIX = "RESULT "
 
 
-def parse_exports(stdout: str) -> dict[str, str]:
-    exports = {}
-    for line in stdout.splitlines():
-        if line.startswith("export "):
-            name, _, value = line[len("export ") :].partition("=")
-            exports[name] = value
-    return exports
-
-
+@dataclass
 class Started:
-    def __init__(self, cluster: SparkStandalone, args: list[str], exports: dict[str, str], env: dict[str, str]):
-        self.cluster = cluster
-        self.args = args
-        self.exports = exports
-        self.env = env
+    cluster: SparkStandalone
+    args: list[str]
+    exports: dict[str, str]
+    env: dict[str, str]
 
 
 @pytest.fixture(scope="module")
@@ -126,14 +118,8 @@ def test_a_kafka_batch_job_runs_on_the_cluster_executors_with_the_connector_jars
 
 def test_stop_ends_the_master_and_the_worker(started):
     pids = list(started.cluster.running().values())
-    assert all(pids)
 
-    done = subprocess.run([CLI, "stop", *started.args], capture_output=True, text=True, timeout=120, env=started.env)
-    status = subprocess.run([CLI, "status", *started.args], capture_output=True, text=True, timeout=60, env=started.env)
-
-    assert done.returncode == 0, done.stderr
-    assert not any(pid_alive(pid) for pid in pids)
-    assert status.returncode == 1
+    assert_stop_ends_every_process(CLI, started.args, started.env, pids)
 
 
 def run_job(topic: str) -> None:

@@ -14,15 +14,18 @@ from pathlib import Path
 import pytest
 
 from emostream.settings import Settings
-from emostream.viewer import Viewer
 from tests.fanout_support import (
     all_connected,
+    event_in_heartbeats,
     fanout_settings,
     live_nodes,
     membership,
     publish_aggregates,
     received_windows,
     registration_url,
+    rejoin,
+    served_by,
+    started_viewers,
     wait_until,
     windows,
 )
@@ -72,32 +75,18 @@ def test_a_sigkilled_node_drops_out_when_its_heartbeats_expire_and_its_viewers_m
     settings, services, log_dir = cluster
 
     async def scenario():
-        viewers = [Viewer(registration_url(settings), event_id="final", backoff_initial=0.3) for _ in range(10)]
-        try:
-            await asyncio.gather(*(viewer.start(timeout=60) for viewer in viewers))
-            displaced = [viewer for viewer in viewers if viewer.subscriber == "c0-s1"]
-            assert displaced, "the balancer put nobody on c0-s1"
+        async with started_viewers(settings, 10, "final", backoff_initial=0.3) as viewers:
+            displaced = served_by(viewers, "c0-s1")
 
             services["c0-s1"].kill()  # SIGKILL: no goodbye, no tombstone
             # Only expiry can tell; bounded by a few heartbeat periods past the expiry.
             bound = settings.heartbeat_expiry_seconds + 4 * settings.heartbeat_seconds
             await asyncio.to_thread(wait_until, lambda: "c0-s1" not in live_nodes(settings), bound, "c0-s1 to expire")
             listed = {node["subscriber_id"]: node for node in membership(settings)["subscribers"]}
-            fresh = [Viewer(registration_url(settings), event_id="final") for _ in range(5)]
-            await asyncio.gather(*(viewer.start(timeout=30) for viewer in fresh))
-            viewers.extend(fresh)
-            await all_connected(displaced, 60)
-            await asyncio.to_thread(
-                wait_until,
-                lambda: membership(settings)["connections"] == len(viewers),
-                30,
-                "every viewer on the survivor",
-            )
+            fresh = await rejoin(settings, viewers, displaced, fresh=5, timeout=30)
             publish_aggregates(settings, windows("final", [1]))
             await asyncio.gather(*(viewer.wait_for_updates(1, timeout=30) for viewer in viewers))
             return listed, displaced, fresh
-        finally:
-            await asyncio.gather(*(viewer.close() for viewer in viewers))
 
     listed, displaced, fresh = asyncio.run(scenario())
 
@@ -113,11 +102,8 @@ def test_a_node_stopped_cleanly_leaves_the_membership_at_once_and_hands_its_view
     settings, services, _ = cluster
 
     async def scenario():
-        viewers = [Viewer(registration_url(settings), event_id="final", backoff_initial=0.3) for _ in range(8)]
-        try:
-            await asyncio.gather(*(viewer.start(timeout=60) for viewer in viewers))
-            handed_back = [viewer for viewer in viewers if viewer.subscriber == "c0-s1"]
-            assert handed_back, "the balancer put nobody on c0-s1"
+        async with started_viewers(settings, 8, "final", backoff_initial=0.3) as viewers:
+            handed_back = served_by(viewers, "c0-s1")
 
             services["c0-s1"].stop()  # SIGTERM
             # A tombstone, not an expiry: the node is gone from the record entirely, well
@@ -130,8 +116,6 @@ def test_a_node_stopped_cleanly_leaves_the_membership_at_once_and_hands_its_view
             )
             await all_connected(handed_back, 60)
             return handed_back
-        finally:
-            await asyncio.gather(*(viewer.close() for viewer in viewers))
 
     handed_back = asyncio.run(scenario())
 
@@ -145,15 +129,8 @@ def test_the_main_publisher_resumes_from_its_committed_offsets_after_a_restart(c
     starts = {n: windows(event, [n])[0]["window_start"] for n in range(1, 9)}
 
     async def scenario():
-        viewer = Viewer(registration_url(settings), event_id=event)
-        try:
-            await viewer.start(timeout=30)
-            await asyncio.to_thread(
-                wait_until,
-                lambda: any(node["events"].get(event) for node in live_nodes(settings).values()),
-                30,
-                "the viewer's event in a heartbeat",
-            )
+        async with started_viewers(settings, 1, event, timeout=30) as (viewer,):
+            await event_in_heartbeats(settings, event)
             publish_aggregates(settings, windows(event, range(1, 4)))
             await viewer.wait_for_updates(3, timeout=30)
 
@@ -168,8 +145,6 @@ def test_the_main_publisher_resumes_from_its_committed_offsets_after_a_restart(c
             await viewer.wait_for(lambda v: starts[8] in received_windows(v), 60)
             await asyncio.sleep(1.0)  # a replay of anything older would arrive by now
             return received_windows(viewer)
-        finally:
-            await viewer.close()
 
     received = asyncio.run(scenario())
 
@@ -184,15 +159,8 @@ def test_a_restarted_cluster_publisher_resumes_from_its_committed_offsets(cluste
     starts = [windows(event, [n])[0]["window_start"] for n in range(1, 5)]
 
     async def scenario():
-        viewer = Viewer(registration_url(settings), event_id=event)
-        try:
-            await viewer.start(timeout=30)
-            await asyncio.to_thread(
-                wait_until,
-                lambda: any(node["events"].get(event) for node in live_nodes(settings).values()),
-                30,
-                "the viewer's event in a heartbeat",
-            )
+        async with started_viewers(settings, 1, event, timeout=30) as (viewer,):
+            await event_in_heartbeats(settings, event)
             publish_aggregates(settings, windows(event, [1, 2]))
             await viewer.wait_for_updates(2, timeout=30)
 
@@ -202,7 +170,5 @@ def test_a_restarted_cluster_publisher_resumes_from_its_committed_offsets(cluste
             await viewer.wait_for_updates(4, timeout=60)
             await asyncio.sleep(1.0)  # a replay from the beginning would arrive by now
             return received_windows(viewer)
-        finally:
-            await viewer.close()
 
     assert asyncio.run(scenario()) == starts

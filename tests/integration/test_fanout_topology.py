@@ -20,13 +20,14 @@ from emostream.settings import Settings
 from emostream.viewer import Viewer
 from emostream.wire import TokenClaims, issue_token
 from tests.fanout_support import (
-    all_connected,
     fanout_settings,
     live_nodes,
     membership,
     publish_aggregates,
     received_windows,
     registration_url,
+    rejoin,
+    started_viewers,
     wait_until,
     windows,
 )
@@ -207,9 +208,7 @@ def test_a_sigkilled_node_leaves_the_membership_its_viewers_move_and_the_manager
     settings, _ = topology
 
     async def scenario():
-        viewers = [Viewer(registration_url(settings), event_id="final", backoff_initial=0.3) for _ in range(27)]
-        try:
-            await asyncio.gather(*(viewer.start(timeout=60) for viewer in viewers))
+        async with started_viewers(settings, 27, "final", backoff_initial=0.3) as viewers:
             # Kill the node that serves most of these viewers (earlier tests of the module may
             # have left the load uneven, so a fixed node could hold none of them).
             victim_id = Counter(viewer.subscriber for viewer in viewers).most_common(1)[0][0]
@@ -226,16 +225,7 @@ def test_a_sigkilled_node_leaves_the_membership_its_viewers_move_and_the_manager
             await asyncio.to_thread(wait_until, victim_gone, 3 * settings.heartbeat_expiry_seconds, "the victim to go")
             gone_after = time.monotonic() - killed_at
             # From now on registration must never answer the dead node.
-            fresh = [Viewer(registration_url(settings), event_id="final") for _ in range(9)]
-            await asyncio.gather(*(viewer.start(timeout=60) for viewer in fresh))
-            viewers.extend(fresh)
-            await all_connected(displaced, 60)
-            await asyncio.to_thread(
-                wait_until,
-                lambda: membership(settings)["connections"] == len(viewers),
-                30,
-                "every viewer connected again",
-            )
+            fresh = await rejoin(settings, viewers, displaced, fresh=9, timeout=60)
             publish_aggregates(settings, windows("final", [100]))
             await asyncio.gather(
                 *(
@@ -252,8 +242,6 @@ def test_a_sigkilled_node_leaves_the_membership_its_viewers_move_and_the_manager
                 "the manager to restart the victim",
             )
             return victim, displaced, fresh, gone_after, restarted
-        finally:
-            await asyncio.gather(*(viewer.close() for viewer in viewers))
 
     victim, displaced, fresh, gone_after, restarted = asyncio.run(scenario())
 

@@ -1,0 +1,134 @@
+"""What the benchmarks share: a Kafka broker of their own, wrk, child processes and their cost."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import psutil
+
+from emostream.localkafka import BrokerNode
+from emostream.settings import ROOT
+from tests.support import free_port
+
+WRK_RESULT = "WRK_RESULT "
+
+
+@contextmanager
+def kafka_for_bench(bootstrap: str | None, work: Path, heap: str = "512m", kill: bool = False) -> Iterator[str]:
+    """``bootstrap`` when one is given, else a broker of the bench's own on free ports under ``work``.
+
+    The bench's own broker is stopped when the block ends (with SIGKILL when ``kill``: its
+    data is thrown away anyway).
+    """
+    if bootstrap:
+        yield bootstrap
+        return
+    node = BrokerNode(
+        home=work / "kafka",
+        port=free_port(),
+        controller_port=free_port(),
+        heap=heap,
+        jars=ROOT / "build" / "jars" / "kafka",
+    )
+    print(f"starting a private Kafka broker on {node.bootstrap} ...", flush=True)
+    node.start()
+    try:
+        yield node.bootstrap
+    finally:
+        node.stop(kill=kill)
+
+
+def stop_process_group(process: subprocess.Popen, timeout: float = 60.0) -> int | None:
+    """SIGTERM to the child's process group (services flush on it), SIGKILL if it hangs."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(10)
+    return process.returncode
+
+
+def process_tree(pid: int) -> list[psutil.Process]:
+    """A process and all its descendants; empty when it is gone."""
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) used so far by a process and its children: a service's cost."""
+    total = 0.0
+    for process in process_tree(pid):
+        try:
+            times = process.cpu_times()
+            total += times.user + times.system
+        except psutil.Error:  # a child that ended meanwhile
+            pass
+    return total
+
+
+# --------------------------------------------------------------------------- wrk
+# wrk (C + LuaJIT) drives HTTP load: a Python client on the same two cores could not produce
+# the load without taking the CPU the server needs. The benches' Lua scripts print one line
+# "WRK_RESULT {json}" from done().
+
+
+def ensure_wrk() -> str:
+    found = shutil.which("wrk")
+    if found:
+        return found
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        print("wrk not found: installing the Debian package (apt-get install wrk)", flush=True)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=True, stdout=subprocess.DEVNULL)
+        found = shutil.which("wrk")
+        if found:
+            return found
+    raise SystemExit("wrk is required: install it (Debian/Ubuntu: apt-get install wrk; macOS: brew install wrk)")
+
+
+def wrk_command(
+    wrk: str, url: str, script: Path, connections: int, seconds: float, threads: int = 1, timeout: str | None = None
+) -> list[str]:
+    command = [wrk, f"-t{threads}", f"-c{connections}", f"-d{max(1, round(seconds))}s"]
+    if timeout is not None:
+        command += ["--timeout", timeout]
+    return command + ["-s", str(script), url]
+
+
+def wrk_result(output: str) -> dict | None:
+    """The WRK_RESULT line of a run's output, parsed; None when there is none."""
+    for line in output.splitlines():
+        if line.startswith(WRK_RESULT):
+            return json.loads(line[len(WRK_RESULT) :])
+    return None
+
+
+def start_wrk(wrk: str, url: str, script: Path, connections: int, seconds: float, threads: int = 1) -> subprocess.Popen:
+    """wrk in the background (stdout and stderr together, as text), for load alongside a measurement."""
+    return subprocess.Popen(
+        wrk_command(wrk, url, script, connections, seconds, threads),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def run_wrk(wrk: str, url: str, script: Path, connections: int, seconds: float, threads: int = 1) -> dict:
+    """One bounded wrk run (10 s request timeout); its WRK_RESULT."""
+    command = wrk_command(wrk, url, script, connections, seconds, threads, timeout="10s")
+    done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60)
+    result = wrk_result(done.stdout)
+    if result is None:
+        raise RuntimeError(f"wrk printed no result:\n{done.stdout}\n{done.stderr}")
+    return result
