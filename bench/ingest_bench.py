@@ -287,6 +287,9 @@ def main() -> int:
     parser.add_argument("--threads", type=int, help="threads per gthread worker (default: the setting's default)")
     parser.add_argument("--payloads", default="1,100", help="comma-separated emoji per request")
     parser.add_argument("--no-baseline", action="store_true", help="skip Flask's development server")
+    parser.add_argument(
+        "--no-journal", action="store_true", help="answer 202 without the write-ahead journal (to see what it costs)"
+    )
     parser.add_argument("--bootstrap", help="use this Kafka instead of starting a private broker")
     args = parser.parse_args()
     if not (1 <= args.seconds <= 120 and 1 <= args.connections <= 1024):
@@ -302,6 +305,8 @@ def main() -> int:
                 base = base.replace(ingest_workers=args.workers)
             if args.threads:
                 base = base.replace(ingest_threads=args.threads)
+            if args.no_journal:
+                base = base.replace(ingest_journal=False)
             servers = [f"gunicorn-{name.strip()}" for name in args.worker_classes.split(",") if name.strip()]
             if not args.no_baseline:
                 servers.append("flask-dev")

@@ -7,7 +7,7 @@ import os
 import signal
 from pathlib import Path
 
-from emostream.ingest.journal import Journal
+from emostream.ingest.journal import Journal, _read
 
 
 def records(prefix: str, n: int) -> list[tuple[str, bytes]]:
@@ -70,16 +70,34 @@ def test_a_live_workers_segments_are_left_alone(tmp_path):
     assert len(list(tmp_path.glob(f"{alive.owner}-*.seg"))) == 1
 
 
-def test_a_write_cut_short_is_not_replayed(tmp_path):
+def test_a_copy_cut_short_is_not_replayed(tmp_path):
     kill_a_worker(tmp_path)
-    for path in tmp_path.glob("*.seg"):
-        with open(path, "ab") as torn:
-            torn.write(b'torn\t{"user_id":"to')  # no newline: the request was never answered
+    # The worker died while copying a request: its records are there, its commit line is not.
+    (buffered,) = [p for p in tmp_path.glob("*.seg") if b"buffered" in p.read_bytes()]
+    with open(buffered, "r+b") as segment:
+        end = segment.read().index(b"\x00")
+        segment.seek(end)
+        segment.write(b'torn0\t{"user_id":"torn0"}\ntorn1\t{"user_id":"to')
 
     taken = Journal(tmp_path).open().recover()
 
-    assert "torn" not in [key for _, batch in taken for key, _ in batch]
+    keys = [key for _, batch in taken for key, _ in batch]
+    assert not [key for key in keys if key.startswith("torn")]
     assert sum(len(batch) for _, batch in taken) == 7
+
+
+def test_a_flush_that_outgrows_one_file_spans_several_and_all_go_when_acknowledged(tmp_path, monkeypatch):
+    monkeypatch.setattr("emostream.ingest.journal.FILE_BYTES", 4096)
+    journal = Journal(tmp_path).open()
+    for n in range(40):
+        journal.append(records(f"r{n}-", 5))  # about 200 KB in all: many files
+    segment = journal.rotate(200)
+
+    assert len(segment.paths) > 1
+    assert sum(len(_read(path)) for path in segment.paths) == 200
+    for _ in range(200):
+        segment.acknowledged()
+    assert list(tmp_path.glob("*.seg")) == []
 
 
 def test_a_graceful_close_keeps_exactly_the_leftover_and_releases_the_worker(tmp_path):
