@@ -287,9 +287,12 @@ class EmojiBatcher:
 
     def _take(self) -> list[Entry]:
         """The buffered records, each with the journal segment that holds them."""
+        # The next journal file is mapped here, off the request path and outside the lock.
+        spare = self.journal.make_spare() if self.write_ahead and not self._closing else None
         with self._lock:
             pending, self._pending = self._pending, []
             segment = self.journal.rotate(len(pending)) if self.write_ahead else None
+            self.journal.offer_spare(spare)
         return [(key, value, segment) for key, value in pending]
 
     def _send(self, batch: list[Entry]) -> None:

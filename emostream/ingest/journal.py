@@ -12,7 +12,8 @@ Python's GIL and make the request thread queue for it again behind the flusher (
 about 16 % of the single-emoji request rate). A worker that dies, even by SIGKILL, leaves its
 segments behind: once copied, the data belongs to the page cache, so only a machine crash
 before the kernel writes it out can lose it (set ``EMOSTREAM_INGEST_JOURNAL_FSYNC=true`` to
-sync every append; it costs a disk flush per request). Each request ends with a commit line,
+sync every append; it costs a disk flush per request). Allocating and mapping a file takes a few
+milliseconds, so the flusher maps the next one ahead (a ``.spare``) and a request only renames it. Each request ends with a commit line,
 copied after its records: records after the last commit line (a copy cut short by the kill)
 were never answered and are not replayed. Every worker looks for orphaned segments when it starts and then twice a
 second, so a sibling worker, or another instance sharing the state folder, sends them on
@@ -50,6 +51,7 @@ log = logging.getLogger(__name__)
 Record = tuple[str, bytes]  # (Kafka key, JSON value)
 
 SUFFIX = ".seg"
+SPARE = ".spare"  # mapped ahead of need, holds nothing yet
 COMMIT = b"\x1e\n"
 # Space a segment file reserves; a flush interval's records normally fit in one (at 100,000 emoji/s
 # a worker takes about 6 MB per 500 ms), and more files follow when they do not.
@@ -94,7 +96,8 @@ class Journal:
         self._path: Path | None = None
         self._map: mmap.mmap | None = None
         self._offset = 0
-        self._sequence = 0  # segments written by this worker (request threads, under the buffer's lock)
+        self._numbers = itertools.count(1)  # file numbers of this worker (next() is atomic)
+        self._spare: tuple[Path, mmap.mmap] | None = None  # a file the flusher mapped ahead of need
         self._adopted = itertools.count(1)  # segments taken over from stopped workers (flusher thread)
 
     # ------------------------------------------------------------------ life cycle
@@ -109,9 +112,8 @@ class Journal:
     def close(self, leftover: Sequence[Record]) -> None:
         """Shutdown: keep exactly ``leftover`` (what Kafka did not acknowledge) for the next worker."""
         self._close_segment()
-        if leftover:
-            self._write_segment(leftover)
-        keep = f"{self.owner}-{self._sequence:08d}{SUFFIX}" if leftover else None
+        self._drop_spare()
+        keep = self._write_segment(leftover).name if leftover else None
         for path in self.folder.glob(f"{self.owner}-*{SUFFIX}"):
             if path.name != keep:
                 _unlink(path)  # partly acknowledged segments: their unacknowledged rest is in ``keep``
@@ -142,24 +144,71 @@ class Journal:
         if self._path is not None:
             self._filled.append(self._path)
         self._finish_file()
-        self._sequence += 1
-        path = self.folder / f"{self.owner}-{self._sequence:08d}{SUFFIX}"
-        size = max(FILE_BYTES, need)
+        spare, self._spare = self._spare, None
+        if spare is not None and len(spare[1]) >= need:
+            path = spare[0].with_suffix(SUFFIX)
+            try:
+                spare[0].rename(path)  # a segment from now on
+            except OSError:
+                self._discard(spare)
+                raise
+            self._path, self._map = path, spare[1]
+        else:
+            if spare is not None:
+                self._discard(spare)
+            self._path, self._map = self._map_new(max(FILE_BYTES, need))
+        self._offset = 0
+
+    # ------------------------------------------------------------------ flusher thread
+
+    def make_spare(self) -> tuple[Path, mmap.mmap] | None:
+        """Map the next file ahead of need (outside the buffer's lock); None when it cannot."""
+        if self._spare is not None:
+            return None
+        try:
+            return self._map_new(FILE_BYTES, SPARE)
+        except OSError as error:
+            log.warning("cannot prepare a journal file: %s", error)  # a request will try, and get 503
+            return None
+
+    def offer_spare(self, spare: tuple[Path, mmap.mmap] | None) -> None:
+        """Keep ``spare`` for the next request that needs a file (under the buffer's lock)."""
+        if spare is None:
+            return
+        if self._spare is None:
+            self._spare = spare
+        else:
+            self._discard(spare)
+
+    def _map_new(self, size: int, suffix: str = SUFFIX) -> tuple[Path, mmap.mmap]:
+        path = self.folder / f"{self.owner}-{next(self._numbers):08d}{suffix}"
         try:
             fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
         except FileNotFoundError:
             self.folder.mkdir(parents=True, exist_ok=True)
             fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
         try:
-            # Real blocks now: a full disk fails here, not later as SIGBUS on a copy into a hole.
-            os.posix_fallocate(fd, 0, size)
-            self._map = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+            if hasattr(os, "posix_fallocate"):
+                # Real blocks now: a full disk fails here, not later as SIGBUS on a copy into a hole.
+                os.posix_fallocate(fd, 0, size)
+            else:  # macOS: a sparse file
+                os.ftruncate(fd, size)
+            mapped = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         except OSError:
             os.close(fd)
             _unlink(path)
             raise
         os.close(fd)  # the mapping keeps the file
-        self._path, self._offset = path, 0
+        return path, mapped
+
+    def _discard(self, spare: tuple[Path, mmap.mmap]) -> None:
+        spare[1].close()
+        _unlink(spare[0])
+
+    def _drop_spare(self) -> None:
+        spare, self._spare = self._spare, None
+        if spare is not None:
+            self._discard(spare)
 
     def rotate(self, count: int) -> Segment | None:
         """Close the open segment (it holds the ``count`` records being flushed) and return it.
@@ -177,7 +226,9 @@ class Journal:
     def recover(self) -> list[tuple[Segment, list[Record]]]:
         """Take over the segments of workers that are gone; returns them with their records."""
         owners = {
-            _owner_of(path) for pattern in (f"*{SUFFIX}", "*.lock", "*.partial") for path in self.folder.glob(pattern)
+            _owner_of(path)
+            for pattern in (f"*{SUFFIX}", "*.lock", "*.partial", f"*{SPARE}")
+            for path in self.folder.glob(pattern)
         }
         owners.discard(self.owner)
         taken: list[tuple[Segment, list[Record]]] = []
@@ -197,8 +248,8 @@ class Journal:
                     recovered = self._adopt(path)
                     if recovered is not None:
                         taken.append(recovered)
-                for path in self.folder.glob(f"{owner}-*.partial"):
-                    _unlink(path)  # a shutdown write cut short: its records are still in the segments
+                for path in [*self.folder.glob(f"{owner}-*.partial"), *self.folder.glob(f"{owner}-*{SPARE}")]:
+                    _unlink(path)  # a shutdown write cut short (its records are still in the segments), or a spare
                 _unlink(lock_path)
             finally:
                 os.close(fd)
@@ -236,9 +287,8 @@ class Journal:
             except OSError:
                 pass
 
-    def _write_segment(self, records: Iterable[Record]) -> None:
-        self._sequence += 1
-        final = self.folder / f"{self.owner}-{self._sequence:08d}{SUFFIX}"
+    def _write_segment(self, records: Iterable[Record]) -> Path:
+        final = self.folder / f"{self.owner}-{next(self._numbers):08d}{SUFFIX}"
         self.folder.mkdir(parents=True, exist_ok=True)
         partial = final.with_suffix(".partial")
         with open(partial, "wb") as out:
@@ -246,6 +296,7 @@ class Journal:
             out.flush()
             os.fsync(out.fileno())
         partial.rename(final)
+        return final
 
 
 def _owner_of(path: Path) -> str:

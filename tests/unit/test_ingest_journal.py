@@ -28,10 +28,11 @@ def _worker_that_dies(folder: str, ready) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def kill_a_worker(folder: Path) -> list[str]:
+def kill_a_worker(folder: Path, worker=_worker_that_dies) -> list[str]:
+    """Run ``worker`` in a forked process that SIGKILLs itself; returns the files it saw."""
     context = multiprocessing.get_context("fork")
     receive, send = context.Pipe(duplex=False)
-    child = context.Process(target=_worker_that_dies, args=(str(folder), send))
+    child = context.Process(target=worker, args=(str(folder), send))
     child.start()
     files = receive.recv()
     child.join(10)
@@ -110,3 +111,26 @@ def test_a_graceful_close_keeps_exactly_the_leftover_and_releases_the_worker(tmp
     assert not list(tmp_path.glob("*.lock"))
     taken = Journal(tmp_path).open().recover()
     assert [key for _, batch in taken for key, _ in batch] == [key for key, _ in records("u", 5)[1:]]
+
+
+def test_a_file_mapped_ahead_becomes_the_next_segment_and_a_dead_workers_spare_is_cleaned_up(tmp_path):
+    journal = Journal(tmp_path).open()
+    journal.offer_spare(journal.make_spare())
+    (spare,) = tmp_path.glob("*.spare")
+
+    journal.append(records("u", 2))
+
+    assert list(tmp_path.glob("*.spare")) == []
+    assert [p.stem for p in tmp_path.glob("*.seg")] == [spare.stem]
+
+    files = kill_a_worker(tmp_path, _worker_with_a_spare)
+    assert any(name.endswith(".spare") for name in files)
+    Journal(tmp_path).open().recover()
+    assert list(tmp_path.glob("*.spare")) == []
+
+
+def _worker_with_a_spare(folder: str, ready) -> None:
+    journal = Journal(Path(folder)).open()
+    journal.offer_spare(journal.make_spare())
+    ready.send(sorted(p.name for p in Path(folder).iterdir()))
+    os.kill(os.getpid(), signal.SIGKILL)
