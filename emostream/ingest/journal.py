@@ -259,7 +259,7 @@ class Journal:
         mine = self.folder / f"{self.owner}-r{next(self._adopted):08d}{SUFFIX}"
         try:
             path.rename(mine)
-            records = _read(mine)
+            records = read_segment(mine)
         except OSError as error:
             log.error("cannot take over journal segment %s: %s", path.name, error)
             return None
@@ -305,7 +305,7 @@ def _owner_of(path: Path) -> str:
     return stem if path.suffix == ".lock" else stem.rsplit("-", 1)[0]
 
 
-def _read(path: Path) -> list[Record]:
+def read_segment(path: Path) -> list[Record]:
     """The committed records of a segment file: up to its last commit line, before the zeros."""
     data = path.read_bytes()
     data = data.split(b"\x00", 1)[0]

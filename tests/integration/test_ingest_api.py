@@ -12,6 +12,7 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from emostream.ingest.api import create_app, ingest_of, shutdown
+from emostream.ingest.journal import read_segment
 from emostream.settings import Settings
 from emostream.wire import now_ms
 from tests.conftest import unique_topics
@@ -334,7 +335,7 @@ def test_with_kafka_unreachable_requests_turn_to_503_and_what_was_accepted_stays
     assert health.status_code == 503
     assert health.get_json()["kafka"]["reachable"] is False
     assert spooled == len(accepted_users)
-    journal = [line.split(b"\t", 1) for path in (tmp_path / "ingest-journal").glob("*.seg") for line in path.open("rb")]
+    journal = [record for path in (tmp_path / "ingest-journal").glob("*.seg") for record in read_segment(path)]
     assert sorted(json.loads(value)["user_id"] for _, value in journal) == sorted(accepted_users)
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from emostream.ingest.journal import read_segment
 from emostream.localkafka import BrokerNode
 from emostream.settings import ROOT, Settings
 from emostream.wire import now_ms
@@ -159,7 +160,7 @@ def test_what_a_shutdown_cannot_deliver_stays_in_the_journal_and_the_next_start_
     log = service.log_path.read_text()
     journal = Path(settings.state_dir) / "ingest-journal"
     assert exit_code == 0, log
-    assert sum(len(path.read_bytes().splitlines()) for path in journal.glob("*.seg")) == len(users), log
+    assert sum(len(read_segment(path)) for path in journal.glob("*.seg")) == len(users), log
 
     node.start()
     again = start_ingest(settings.replace(flush_interval_ms=100), log_dir)

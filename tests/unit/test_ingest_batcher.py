@@ -12,7 +12,7 @@ import pytest
 from kafka.errors import KafkaTimeoutError
 
 from emostream.ingest.batcher import EmojiBatcher, Offer
-from emostream.ingest.journal import _read as read_segment
+from emostream.ingest.journal import read_segment
 from emostream.settings import Settings
 
 

@@ -7,7 +7,7 @@ import os
 import signal
 from pathlib import Path
 
-from emostream.ingest.journal import Journal, _read
+from emostream.ingest.journal import Journal, read_segment
 
 
 def records(prefix: str, n: int) -> list[tuple[str, bytes]]:
@@ -95,7 +95,7 @@ def test_a_flush_that_outgrows_one_file_spans_several_and_all_go_when_acknowledg
     segment = journal.rotate(200)
 
     assert len(segment.paths) > 1
-    assert sum(len(_read(path)) for path in segment.paths) == 200
+    assert sum(len(read_segment(path)) for path in segment.paths) == 200
     for _ in range(200):
         segment.acknowledged()
     assert list(tmp_path.glob("*.seg")) == []
