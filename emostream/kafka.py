@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -119,8 +120,8 @@ class DeliveryFuture:
     """The fate of one record sent through :class:`BulkProducer`.
 
     librdkafka reports each delivery to a callable; the future is that callable, so a record
-    costs one small object. Reports arrive only inside :meth:`BulkProducer.poll` and
-    :meth:`BulkProducer.flush`, on the thread that calls them.
+    costs one small object. Reports are served by the producer's poller thread as they arrive
+    (and by :meth:`BulkProducer.poll` and :meth:`BulkProducer.flush`).
     """
 
     __slots__ = ("is_done", "exception", "_callback")
@@ -188,6 +189,15 @@ class BulkProducer:
         }
         config.update(overrides)
         self._producer = Producer(config)
+        # Serve delivery reports as they arrive, not when the owner next polls: an acknowledgement
+        # callback must run as soon as Kafka has the record (the ingest journal deletes on it).
+        self._closed = threading.Event()
+        self._poller = threading.Thread(target=self._serve_reports, name="kafka-delivery-reports", daemon=True)
+        self._poller.start()
+
+    def _serve_reports(self) -> None:
+        while not self._closed.is_set():
+            self._producer.poll(0.1)
 
     def send(self, topic: str, value: bytes | None = None, key: str | None = None) -> DeliveryFuture:
         """Queue one record; raises BufferError when librdkafka's local queue is full."""
@@ -210,6 +220,8 @@ class BulkProducer:
             self.flush(timeout or 0)
         except KafkaTimeoutError:
             pass
+        self._closed.set()
+        self._poller.join(5)
         self._producer.purge()  # queued and in-flight records: their futures fail now
         self._producer.poll(0)
 
