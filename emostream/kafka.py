@@ -124,30 +124,24 @@ class DeliveryFuture:
     (and by :meth:`BulkProducer.poll` and :meth:`BulkProducer.flush`).
     """
 
-    __slots__ = ("is_done", "exception", "_callback")
+    __slots__ = ("is_done", "exception", "_on_ack")
 
-    def __init__(self) -> None:
+    def __init__(self, on_ack: Any = None) -> None:
+        # The acknowledgement callback is fixed before the record is handed over: a report can
+        # arrive on the poller thread before send() even returns.
         self.is_done = False
         self.exception: BaseException | None = None
-        self._callback: Any = None
+        self._on_ack = on_ack
 
     def succeeded(self) -> bool:
         return self.is_done and self.exception is None
 
-    def add_callback(self, callback: Any) -> None:
-        """Call ``callback(None)`` once the record is acknowledged (at once if it already is)."""
-        if self.is_done:
-            if self.exception is None:
-                callback(None)
-        else:
-            self._callback = callback
-
     def __call__(self, error: Any, _message: Any) -> None:
         if error is not None:
             self.exception = DeliveryError(error)
+        elif self._on_ack is not None:
+            self._on_ack(None)
         self.is_done = True
-        if error is None and self._callback is not None:
-            self._callback(None)
 
 
 class DeliveryError(KafkaError):
@@ -199,9 +193,11 @@ class BulkProducer:
         while not self._closed.is_set():
             self._producer.poll(0.1)
 
-    def send(self, topic: str, value: bytes | None = None, key: str | None = None) -> DeliveryFuture:
-        """Queue one record; raises BufferError when librdkafka's local queue is full."""
-        future = DeliveryFuture()
+    def send(
+        self, topic: str, value: bytes | None = None, key: str | None = None, on_ack: Any = None
+    ) -> DeliveryFuture:
+        """Queue one record; ``on_ack(None)`` runs once Kafka has it. BufferError: the local queue is full."""
+        future = DeliveryFuture(on_ack)
         self._producer.produce(topic, value, key, on_delivery=future)
         return future
 

@@ -56,13 +56,13 @@ class Future(Protocol):
 
     def succeeded(self) -> bool: ...
 
-    def add_callback(self, f: Callable[[Any], None]) -> Any: ...
-
 
 class Producer(Protocol):
     """:class:`emostream.kafka.BulkProducer`, or a scripted one in tests."""
 
-    def send(self, topic: str, value: Any = None, key: Any = None) -> Future: ...
+    def send(
+        self, topic: str, value: Any = None, key: Any = None, on_ack: Callable[[Any], None] | None = None
+    ) -> Future: ...
 
     def poll(self) -> None: ...
 
@@ -309,7 +309,8 @@ class EmojiBatcher:
         in_flight = self._in_flight
         for index, (key, value, segment) in enumerate(batch):
             try:
-                future = producer.send(topic, key=key, value=value)
+                # The segment goes when its last record is in Kafka.
+                future = producer.send(topic, key=key, value=value, on_ack=segment and segment.acknowledged)
             except Exception as error:
                 # Refused before the producer took it (its local queue is full, or it is broken):
                 # these records are certainly not in Kafka, so sending them again is safe.
@@ -320,8 +321,6 @@ class EmojiBatcher:
                 if not _retriable(error):
                     self._reset_producer()
                 break
-            if segment is not None:
-                future.add_callback(segment.acknowledged)  # the segment goes when its last record is in
             in_flight.append((future, key, value, segment))
             if index % YIELD_EVERY == YIELD_EVERY - 1:
                 self._observe_progress()

@@ -17,26 +17,19 @@ from emostream.settings import Settings
 
 
 class FakeFuture:
-    def __init__(self) -> None:
+    def __init__(self, on_ack=None) -> None:
         self.is_done = False
         self.exception: BaseException | None = None
-        self.callbacks: list = []
+        self.on_ack = on_ack
 
     def succeeded(self) -> bool:
         return self.is_done and self.exception is None
 
-    def add_callback(self, callback) -> None:
-        if self.succeeded():
-            callback(None)
-        else:
-            self.callbacks.append(callback)
-
     def resolve(self, error: BaseException | None = None) -> None:
         self.exception = error
+        if error is None and self.on_ack is not None:
+            self.on_ack(None)
         self.is_done = True
-        if error is None:
-            for callback in self.callbacks:
-                callback(None)
 
 
 class ScriptedProducer:
@@ -48,12 +41,13 @@ class ScriptedProducer:
         self.sent: list[tuple[str, bytes, FakeFuture]] = []
         self.closed = False
 
-    def send(self, topic: str, value: bytes | None = None, key: str | None = None) -> FakeFuture:
+    def send(self, topic: str, value: bytes | None = None, key: str | None = None, on_ack=None) -> FakeFuture:
         if self.refuse > 0:
             self.refuse -= 1
             raise KafkaTimeoutError("Failed to update metadata")
-        future = FakeFuture()
-        future.is_done = not self.hold
+        future = FakeFuture(on_ack)
+        if not self.hold:
+            future.resolve()
         self.sent.append((key, value, future))
         return future
 
