@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import threading
 import time
 from collections.abc import Iterable
@@ -190,8 +191,14 @@ class BulkProducer:
         self._poller.start()
 
     def _serve_reports(self) -> None:
-        while not self._closed.is_set():
-            self._producer.poll(0.1)
+        if _green():
+            # Under gevent this "thread" is a greenlet: a blocking poll would stall the event loop.
+            while not self._closed.is_set():
+                self._producer.poll(0)
+                time.sleep(0.005)  # gevent's sleep: other greenlets run
+        else:
+            while not self._closed.is_set():
+                self._producer.poll(0.1)
 
     def send(
         self, topic: str, value: bytes | None = None, key: str | None = None, on_ack: Any = None
@@ -224,6 +231,12 @@ class BulkProducer:
 
 def bulk_producer(settings: Settings, **overrides: Any) -> BulkProducer:
     return BulkProducer(settings, **overrides)
+
+
+def _green() -> bool:
+    """True when gevent has patched threading (the gunicorn gevent worker)."""
+    monkey = sys.modules.get("gevent.monkey")
+    return bool(monkey is not None and monkey.is_module_patched("threading"))
 
 
 def _log_client_error(error: Any) -> None:
