@@ -122,7 +122,7 @@ class DeliveryFuture:
 
     librdkafka reports each delivery to a callable; the future is that callable, so a record
     costs one small object. Reports are served by the producer's poller thread as they arrive
-    (and by :meth:`BulkProducer.poll` and :meth:`BulkProducer.flush`).
+    (and by :meth:`BulkProducer.flush`).
     """
 
     __slots__ = ("is_done", "exception", "_on_ack")
@@ -207,10 +207,6 @@ class BulkProducer:
         future = DeliveryFuture(on_ack)
         self._producer.produce(topic, value, key, on_delivery=future)
         return future
-
-    def poll(self) -> None:
-        """Serve the delivery reports that have arrived, without waiting."""
-        self._producer.poll(0)
 
     def flush(self, timeout: float | None = None) -> None:
         left = self._producer.flush(-1 if timeout is None else timeout)

@@ -193,11 +193,8 @@ class MainPublisher(_Loop):
 
     def _route(self, producer: Any, record: Any) -> None:
         self.m_consumed.inc()
-        try:
-            aggregate = validate_aggregate(record.value)
-        except InvalidMessage as error:
-            self.m_invalid.inc()
-            log.warning("dropping record at offset %d of %s: %s", record.offset, record.topic, error)
+        aggregate = _valid_aggregate(record, self.m_invalid)
+        if aggregate is None:
             return
         clusters = self.routes.clusters(aggregate["event_id"])
         if not clusters:
@@ -275,11 +272,8 @@ class ClusterPublisher(_Loop):
                 log.info("cluster publisher %d stopped", self.cluster)
 
     def _forward(self, channel: KafkaClientManager, record: Any) -> None:
-        try:
-            aggregate = validate_aggregate(record.value)
-        except InvalidMessage as error:
-            self.m_invalid.inc()
-            log.warning("dropping record at offset %d of %s: %s", record.offset, record.topic, error)
+        aggregate = _valid_aggregate(record, self.m_invalid)
+        if aggregate is None:
             return
         routed_at = aggregate.get("routed_at")
         if isinstance(routed_at, int) and now_ms() - routed_at > STALE_MS:
@@ -320,3 +314,13 @@ def serve(settings: Settings, cluster: int | None = None, metrics_port: int | No
     finally:
         if ops is not None:
             ops.stop()
+
+
+def _valid_aggregate(record: Any, invalid: Any) -> dict[str, Any] | None:
+    """The aggregate a Kafka record carries, or None (counted in ``invalid`` and logged) if it is not one."""
+    try:
+        return validate_aggregate(record.value)
+    except InvalidMessage as error:
+        invalid.inc()
+        log.warning("dropping record at offset %d of %s: %s", record.offset, record.topic, error)
+        return None

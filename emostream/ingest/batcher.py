@@ -64,8 +64,6 @@ class Producer(Protocol):
         self, topic: str, value: Any = None, key: Any = None, on_ack: Callable[[Any], None] | None = None
     ) -> Future: ...
 
-    def poll(self) -> None: ...
-
     def flush(self, timeout: float | None = None) -> None: ...
 
     def close(self, timeout: float | None = None) -> None: ...
@@ -329,8 +327,6 @@ class EmojiBatcher:
 
     def _collect(self) -> int:
         """Account for records Kafka acknowledged; queue the failed ones to be sent again."""
-        if self._producer is not None:
-            self._producer.poll()  # delivery reports complete the futures here, on this thread
         if not self._in_flight:
             self._note_waiting()
             return 0
@@ -380,8 +376,6 @@ class EmojiBatcher:
 
     def _observe_progress(self) -> None:
         """Note acknowledgements that arrive during a long hand-over, so it cannot look like an outage."""
-        if self._producer is not None:
-            self._producer.poll()
         in_flight, cursor = self._in_flight, self._progress_cursor
         while cursor < len(in_flight) and in_flight[cursor][0].is_done:
             cursor += 1

@@ -77,10 +77,6 @@ class Segment:
             for path in self.paths:
                 _unlink(path)
 
-    @property
-    def done(self) -> bool:
-        return self.left <= 0
-
 
 class Journal:
     """One worker's segments in ``folder``; every method but :meth:`append` runs on the flusher thread."""
@@ -98,7 +94,6 @@ class Journal:
         self._offset = 0
         self._numbers = itertools.count(1)  # file numbers of this worker (next() is atomic)
         self._spare: tuple[Path, mmap.mmap] | None = None  # a file the flusher mapped ahead of need
-        self._adopted = itertools.count(1)  # segments taken over from stopped workers (flusher thread)
 
     # ------------------------------------------------------------------ life cycle
 
@@ -256,7 +251,7 @@ class Journal:
         return taken
 
     def _adopt(self, path: Path) -> tuple[Segment, list[Record]] | None:
-        mine = self.folder / f"{self.owner}-r{next(self._adopted):08d}{SUFFIX}"
+        mine = self.folder / f"{self.owner}-{next(self._numbers):08d}{SUFFIX}"
         try:
             path.rename(mine)
             records = read_segment(mine)

@@ -56,9 +56,6 @@ class ScriptedProducer:
             if not future.is_done:
                 future.resolve(error)
 
-    def poll(self) -> None:
-        pass
-
     def flush(self, timeout: float | None = None) -> None:
         if any(not future.is_done for _, _, future in self.sent):
             raise KafkaTimeoutError("Timeout waiting for future")
