@@ -6,6 +6,8 @@ message is. Times are integer epoch milliseconds (UTC).
 
 from __future__ import annotations
 
+import functools
+import json
 import math
 import re
 import time
@@ -52,10 +54,31 @@ class EmojiEvent:
             "received_at": self.received_at,
         }
 
+    def record_json(self) -> bytes:
+        """:meth:`record` as JSON bytes (what ingest writes), formatted without a general encoder.
+
+        Only for events from :func:`validate_event`: their ids match ``USER_ID_RE`` and
+        ``EVENT_ID_RE`` (nothing to escape), their times are integers, and the emoji is
+        encoded by ``json``. About 1 µs against 5 µs for ``json.dumps`` of the dict, paid per
+        emoji on the ingest's hot path.
+        """
+        return b'{"user_id":"%s","emoji_type":%s,"timestamp":%d,"event_id":"%s","received_at":%d}' % (
+            self.user_id.encode(),
+            _json_string(self.emoji_type),
+            self.timestamp,
+            self.event_id.encode(),
+            self.received_at,
+        )
+
     @property
     def key(self) -> str:
         """Kafka key: one user's emoji stay in one partition, in order."""
         return f"{self.event_id}|{self.user_id}"
+
+
+@functools.lru_cache(maxsize=256)
+def _json_string(text: str) -> bytes:
+    return json.dumps(text, ensure_ascii=False).encode()
 
 
 def parse_timestamp(value: Any) -> int:

@@ -15,7 +15,6 @@ elsewhere) and writes a tombstone.
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
 import time
@@ -40,7 +39,7 @@ from emostream.fanout.socketio_kafka import (
     channel_topic,
     token_digest,
 )
-from emostream.http import install_json_errors, metrics_response
+from emostream.http import install_json_errors, metrics_response, tune_gc
 from emostream.settings import Settings
 from emostream.wire import InvalidMessage, now_ms, verify_token
 
@@ -296,20 +295,6 @@ class SubscriberNode:
         log.info("subscriber %s stopped", self.subscriber_id)
 
 
-def tune_gc_for_broadcast() -> None:
-    """Keep the cyclic garbage collector off the delivery path of a node with thousands of viewers.
-
-    With CPython's default thresholds a full collection ran every few seconds over
-    about a million objects and stalled the node for 0.4-0.9 s (measured at 5,000
-    viewers): the packets in flight during a broadcast survive the young collections
-    and keep pushing the old generation over its trigger. Freezing what startup
-    built and collecting the older generations less often removes those stalls;
-    reference counting still frees almost everything a node allocates.
-    """
-    gc.freeze()
-    gc.set_threshold(10_000, 10, 100)
-
-
 def serve(settings: Settings, subscriber_id: str, cluster: int, port: int | None = None) -> None:
     """Run one node until SIGTERM or SIGINT, then leave cleanly."""
     import signal
@@ -323,6 +308,6 @@ def serve(settings: Settings, subscriber_id: str, cluster: int, port: int | None
     for signum in (signal.SIGTERM, signal.SIGINT):
         gevent.signal_handler(signum, node.request_stop)
     node.start()
-    tune_gc_for_broadcast()
+    tune_gc()
     node.wait()
     node.stop()

@@ -2,22 +2,29 @@
 
 A request is answered 202 only once all its emoji are in the worker's bounded buffer
 (:class:`~emostream.ingest.batcher.EmojiBatcher`); it never waits on Kafka itself.
+
+The two intake endpoints are the hot path: :class:`FastIntake` answers them in front of
+Flask, straight from the WSGI environ, for every client that sends no ``Origin`` header
+(the simulator, load balancers' health of the pipeline, server-to-server senders). Browser
+requests carry an ``Origin`` and go through Flask's routes, where CORS is applied. Both
+paths run the same :meth:`Ingest.handle`, so they answer alike.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from http import HTTPStatus
 from typing import Any
 
-from flask import Flask, current_app
+from flask import Flask, current_app, request
 from flask_cors import CORS
-from werkzeug.exceptions import HTTPException
 
 from emostream import kafka
-from emostream.http import install_json_errors, json_body, metrics_response
+from emostream.http import install_json_errors, metrics_response
 from emostream.ingest import metrics
 from emostream.ingest.batcher import EmojiBatcher, Offer
 from emostream.ingest.ratelimit import RateLimiter, retry_after_header
@@ -27,8 +34,8 @@ from emostream.wire import EmojiEvent, InvalidMessage, now_ms, validate_event
 log = logging.getLogger(__name__)
 
 EXTENSION = "emostream.ingest"
-
-_encode = kafka.JsonValues().serialize
+# Intake paths, and whether each takes an array of events.
+INTAKE_PATHS = {"/emoji": False, "/emojis": True}
 
 
 class Rejected(Exception):
@@ -52,21 +59,36 @@ class Ingest:
         self.emoji_types = frozenset(settings.emoji_types)
         self.skew_ms = settings.timestamp_skew_seconds * 1000
         self.max_lag = settings.ingest_max_lag_ms / 1000
+        # Under gunicorn's gevent workers a keep-alive client that sends its next request at once
+        # would be served again and again without the greenlet ever blocking, starving the
+        # flusher (503 "lagging") and other connections: each intake request yields once.
+        self._pass_turn = kafka.cooperative_sleep()
 
-    def intake(self, many: bool) -> tuple[int, int]:
+    def handle(self, environ: dict[str, Any], many: bool) -> tuple[int, dict[str, Any], dict[str, str]]:
+        """Answer one intake request: its status, JSON body and extra headers."""
+        started = time.perf_counter()
+        try:
+            payload = read_json(environ, self.settings.max_body_bytes)
+            accepted, received_at = self.intake(payload, many)
+            # received_at tells a client which window its emoji count in.
+            return 202, {"accepted": accepted, "received_at": received_at}, {}
+        except Rejected as rejected:
+            metrics.REJECTED.labels(rejected.reason).inc()
+            headers = {}
+            if rejected.retry_after is not None:
+                headers["Retry-After"] = retry_after_header(rejected.retry_after)
+            return rejected.status, {"error": rejected.message}, headers
+        finally:
+            metrics.REQUEST_SECONDS.labels("emojis" if many else "emoji").observe(time.perf_counter() - started)
+            if self._pass_turn is not None:
+                self._pass_turn(0)
+
+    def intake(self, payload: Any, many: bool) -> tuple[int, int]:
         """Validate the request's emoji and buffer them all, or raise :class:`Rejected`.
 
         Returns how many were accepted and the ``received_at`` stamped on them.
         """
         settings = self.settings
-        try:
-            payload = json_body(settings.max_body_bytes)
-        except HTTPException as error:
-            reason = {413: "body_too_large", 415: "not_json"}.get(error.code or 400, "bad_json")
-            raise Rejected(error.code or 400, reason, error.description or "bad request") from None
-        except RecursionError:
-            raise Rejected(400, "bad_json", "the JSON body is nested too deeply") from None
-
         if many:
             if not isinstance(payload, list):
                 raise Rejected(400, "wrong_shape", "POST /emojis takes a JSON array of emoji events")
@@ -123,7 +145,7 @@ class Ingest:
                 retry_after=wait,
             )
 
-        records = [(event.key, _encode(None, None, event.record())) for event in events]
+        records = [(event.key, event.record_json()) for event in events]
         offered = self.batcher.offer(records)
         if offered is not Offer.ACCEPTED:
             self.limiter.refund(demand)
@@ -176,11 +198,13 @@ def create_app(settings: Settings, batcher: EmojiBatcher | None = None) -> Flask
 
     @app.post("/emoji")
     def post_emoji():
-        return _answer("emoji", lambda: ingest.intake(many=False))
+        status, body, headers = ingest.handle(request.environ, many=False)
+        return body, status, headers
 
     @app.post("/emojis")
     def post_emojis():
-        return _answer("emojis", lambda: ingest.intake(many=True))
+        status, body, headers = ingest.handle(request.environ, many=True)
+        return body, status, headers
 
     @app.get("/emoji-types")
     def emoji_types():
@@ -194,6 +218,7 @@ def create_app(settings: Settings, batcher: EmojiBatcher | None = None) -> Flask
     def prometheus_metrics():
         return metrics_response()
 
+    app.wsgi_app = FastIntake(app.wsgi_app, ingest)  # type: ignore[method-assign]
     log.info(
         "ingest app ready: topic %s, flush every %d ms, buffer %d, Kafka %s",
         settings.emoji_topic,
@@ -204,20 +229,63 @@ def create_app(settings: Settings, batcher: EmojiBatcher | None = None) -> Flask
     return app
 
 
-def _answer(endpoint: str, intake: Callable[[], tuple[int, int]]):
-    started = time.perf_counter()
+def read_json(environ: dict[str, Any], max_bytes: int) -> Any:
+    """The JSON body of a WSGI request, or :class:`Rejected` (413, 415, 400) saying what is wrong."""
     try:
-        accepted, received_at = intake()
-        # received_at tells a client which window its emoji count in.
-        return {"accepted": accepted, "received_at": received_at}, 202
-    except Rejected as rejected:
-        metrics.REJECTED.labels(rejected.reason).inc()
-        headers = {}
-        if rejected.retry_after is not None:
-            headers["Retry-After"] = retry_after_header(rejected.retry_after)
-        return {"error": rejected.message}, rejected.status, headers
-    finally:
-        metrics.REQUEST_SECONDS.labels(endpoint).observe(time.perf_counter() - started)
+        length: int | None = max(0, int(environ.get("CONTENT_LENGTH") or ""))
+    except ValueError:
+        length = None  # no length: a chunked body, or none
+    if length is not None and length > max_bytes:
+        raise Rejected(413, "body_too_large", f"the body is larger than {max_bytes} bytes")
+    mimetype = environ.get("CONTENT_TYPE", "").partition(";")[0].strip().lower()
+    if not (mimetype == "application/json" or (mimetype.startswith("application/") and mimetype.endswith("+json"))):
+        raise Rejected(415, "not_json", "send JSON with Content-Type: application/json")
+    stream = environ["wsgi.input"]
+    if length is not None:
+        data = stream.read(length) if length else b""
+    elif environ.get("wsgi.input_terminated"):
+        data = stream.read(max_bytes + 1)  # chunked: the server ends the stream after the last chunk
+        if len(data) > max_bytes:
+            raise Rejected(413, "body_too_large", f"the body is larger than {max_bytes} bytes")
+    else:
+        data = b""  # neither a length nor a terminated stream: the request has no body
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise Rejected(400, "bad_json", "the JSON body is nested too deeply") from None
+    except ValueError:  # not JSON, or not UTF-8/16/32
+        raise Rejected(400, "bad_json", "the body is not valid JSON") from None
+
+
+class FastIntake:
+    """WSGI middleware: ``POST /emoji`` and ``POST /emojis`` without an ``Origin``, answered before Flask.
+
+    Flask's request context, routing, response object and CORS extension cost about two thirds
+    of an intake request's time in the app (measured: 158 µs per single-emoji request through
+    Flask, 45 µs here), and the intake is most of the ingest's work. Anything else, and every
+    browser request (which carries ``Origin`` and needs CORS headers), goes on to Flask.
+    """
+
+    def __init__(self, app: Callable[..., Iterable[bytes]], ingest: Ingest):
+        self.app = app
+        self.ingest = ingest
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        many = INTAKE_PATHS.get(environ.get("PATH_INFO", ""))
+        if many is None or environ.get("REQUEST_METHOD") != "POST" or "HTTP_ORIGIN" in environ:
+            return self.app(environ, start_response)
+        try:
+            status, body, headers = self.ingest.handle(environ, many)
+        except Exception:
+            log.exception("unhandled error on POST %s", environ.get("PATH_INFO"))
+            status, body, headers = 500, {"error": "internal error"}, {}
+        # As Flask writes JSON: compact, keys sorted, emoji as UTF-8, a final newline.
+        data = (json.dumps(body, ensure_ascii=False, separators=(",", ":"), sort_keys=True) + "\n").encode()
+        start_response(
+            f"{status} {HTTPStatus(status).phrase}",
+            [("Content-Type", "application/json"), ("Content-Length", str(len(data))), *headers.items()],
+        )
+        return [data]
 
 
 def ingest_of(app: Flask | None = None) -> Ingest:

@@ -71,9 +71,12 @@ class IngestServer(BaseApplication):
 
     def load(self):
         # Runs in each worker after the fork: the app, its buffer and its producer are per process.
+        from emostream.http import tune_gc
         from emostream.ingest.api import create_app
 
-        return create_app(self.settings)
+        app = create_app(self.settings)
+        tune_gc()
+        return app
 
 
 def _worker_exit(server: Any, worker: Any) -> None:
@@ -124,9 +127,11 @@ def serve(settings: Settings, **options: Any) -> None:
 
 def serve_dev(settings: Settings) -> None:
     """The same app under Flask's development server (one process): the benchmark's baseline."""
+    from emostream.http import tune_gc
     from emostream.ingest.api import create_app, shutdown
 
     app = create_app(settings)
+    tune_gc()
     # The development server has no graceful stop of its own: turn SIGTERM into a clean exit.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     try:

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
+from werkzeug.test import EnvironBuilder, run_wsgi_app
 
 from emostream.ingest.api import create_app, ingest_of, shutdown
 from emostream.ingest.journal import read_segment
@@ -443,3 +444,50 @@ def test_arbitrary_json_and_bytes_never_get_a_5xx_nor_produce_part_of_a_batch(cl
     produced = Counter(r.value["user_id"] for r in records)
     assert set(produced) == accepted
     assert set(produced.values()) == {1}
+
+
+# --------------------------------------------------------------------------- two paths, one answer
+
+
+def test_browser_and_other_clients_get_the_same_answers(client, ingest_settings):
+    """Requests without an Origin are answered in front of Flask (FastIntake), browsers' through it."""
+    allowed = ingest_settings.cors_origins[0]
+    tag = uuid.uuid4().hex[:8]
+    serial = iter(range(1000))
+
+    def cases():
+        user = f"{tag}-{next(serial)}"
+        return [
+            ("/emoji", json.dumps(event(user)).encode(), "application/json"),
+            ("/emojis", json.dumps([event(user + "b"), event(user + "c", HEART)]).encode(), "application/json"),
+            ("/emoji", json.dumps(event(user, "🦄")).encode(), "application/json; charset=utf-8"),
+            ("/emojis", json.dumps([event(user), {"user_id": "bad|id"}]).encode(), "application/json"),
+            ("/emoji", b"{not json", "application/json"),
+            ("/emoji", b'{"user_id":"\xff"}', "application/json"),
+            ("/emoji", b"[" * 20_000 + b"]" * 20_000, "application/json"),
+            ("/emoji", json.dumps(event(user)).encode(), "text/plain"),
+            ("/emojis", json.dumps(event(user)).encode(), "application/vnd.emoji+json"),
+            ("/emoji", b"", "application/json"),
+            ("/emoji", b" " * (ingest_settings.max_body_bytes + 1), "application/json"),
+        ]
+
+    def answer(response):
+        body = response.get_json()
+        body.pop("received_at", None)
+        return response.status_code, response.headers["Content-Type"], body
+
+    for (path, body, content_type), (_, browser_body, _) in zip(cases(), cases(), strict=True):
+        plain = client.post(path, data=body, content_type=content_type)
+        browser = client.post(path, data=browser_body, content_type=content_type, headers={"Origin": allowed})
+        assert answer(plain) == answer(browser), (path, body[:40])
+        assert "Access-Control-Allow-Origin" not in plain.headers
+        assert browser.headers["Access-Control-Allow-Origin"] == allowed
+
+    # A chunked body (no Content-Length; the server ends the stream): read, and held to the same size limit.
+    app = client.application
+    for expected, body in ((202, json.dumps(event(f"{tag}-chunked")).encode()), (413, b" " * 70_000)):
+        environ = EnvironBuilder("/emoji", method="POST", data=body, content_type="application/json").get_environ()
+        del environ["CONTENT_LENGTH"]
+        environ["wsgi.input_terminated"] = True
+        chunks, status, _ = run_wsgi_app(app, environ)
+        assert int(status.split()[0]) == expected, b"".join(chunks)

@@ -1,5 +1,7 @@
 """The wire formats: emoji event validation, the aggregate, the viewer token."""
 
+import json
+
 import pytest
 
 from emostream.wire import (
@@ -35,6 +37,18 @@ def test_a_valid_event_is_stamped_and_defaults_to_the_live_event():
         "received_at": NOW + 5,
     }
     assert accepted.key == "live|u1"
+
+
+@pytest.mark.parametrize("emoji_type", ["🔥", "\u2764\ufe0f", 'say "hi"', "back\\slash", "tab\there"])
+def test_the_record_written_to_kafka_is_the_json_of_the_record(emoji_type):
+    accepted = validate_event(
+        {"user_id": "a.b:c@d-e_1", "emoji_type": emoji_type, "timestamp": NOW, "event_id": "match-7.b_2"},
+        (emoji_type,),
+        received_at=NOW + 5,
+        skew_ms=300_000,
+    )
+    assert json.loads(accepted.record_json()) == accepted.record()
+    assert accepted.record_json() == json.dumps(accepted.record(), ensure_ascii=False, separators=(",", ":")).encode()
 
 
 def test_heart_is_compared_as_a_whole_string():
