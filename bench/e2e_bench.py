@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._common import kafka_for_bench, process_tree, tree_cpu_seconds  # noqa: E402
 from emostream.settings import Settings  # noqa: E402
-from emostream.simulator import Crowd, CrowdPlan, parse_mix  # noqa: E402
+from emostream.simulator import STAGES, Crowd, CrowdPlan, parse_mix  # noqa: E402
 from tests.stack import Stack, running_stack, unique_stack_settings  # noqa: E402
 
 
@@ -141,6 +141,12 @@ def main() -> int:
             f"| {name} | {report['accepted_per_second']:,.0f} | {lat['p50']} / {lat['p95']} / {lat['p99']} "
             f"| {report['windows_exact']}/{report['windows_checked']} | {report['emoji_lost']} | {report['emoji_extra']} |"
         )
+    print()
+    print("| run | " + " | ".join(f"{stage} p50 (ms)" for stage in STAGES) + " |")
+    print("| --- |" + " ---: |" * len(STAGES))
+    for name, (report, _) in results.items():
+        stages = report["latency_ms"]["stages_p50"]
+        print(f"| {name} | " + " | ".join(str(stages[stage]) for stage in STAGES) + " |")
     print()
     print("| run | component | CPU s | peak RSS MB |")
     print("| --- | --- | ---: | ---: |")

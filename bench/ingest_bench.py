@@ -282,7 +282,7 @@ def main() -> int:
     parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured load before each run (0: none)")
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--wrk-threads", type=int, default=1, help="wrk threads (each is one event loop)")
-    parser.add_argument("--worker-classes", default="gthread", help="comma-separated gunicorn worker classes")
+    parser.add_argument("--worker-classes", default="gevent,gthread", help="comma-separated gunicorn worker classes")
     parser.add_argument("--workers", type=int, help="gunicorn workers (default: the setting's default)")
     parser.add_argument("--threads", type=int, help="threads per gthread worker (default: the setting's default)")
     parser.add_argument("--payloads", default="1,100", help="comma-separated emoji per request")

@@ -473,7 +473,11 @@ def main() -> int:
     parser.add_argument("--trigger-ms", type=int, default=500, help="processing-time trigger (default 500)")
     parser.add_argument("--catchup-timeout", type=float, default=300.0, help="give up on catch-up after this")
     parser.add_argument("--poison-every", type=int, default=0, help="make every Nth pre-loaded emoji unknown")
-    parser.add_argument("--configs", default="tuned,default-200", help="tuned, one (a single shuffle partition) and/or default-200, comma-separated")
+    parser.add_argument(
+        "--configs",
+        default="tuned,default-200",
+        help="tuned, one (a single shuffle partition) and/or default-200, comma-separated",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the processor logs and progress files")
     parser.add_argument("--worker", metavar="PROGRESS_FILE", help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -61,8 +61,10 @@ class Settings:
     ingest_host: str = _doc("Address ingest listens on.", "127.0.0.1")
     ingest_port: int = _doc("Port of the ingest HTTP API.", 5000)
     ingest_workers: int = _doc("Ingest worker processes.", 2)
-    ingest_threads: int = _doc("Threads per ingest worker (few: they share one GIL with the flusher).", 2)
-    ingest_worker_class: str = _doc("gunicorn worker class of ingest: gthread or gevent.", "gthread")
+    ingest_threads: int = _doc("Threads per gthread ingest worker (few: they share one GIL with the flusher).", 2)
+    ingest_worker_class: str = _doc(
+        "gunicorn worker class of ingest: gevent (one event loop per worker) or gthread.", "gevent"
+    )
     flush_max_events: int = _doc("Buffered emoji that make an ingest worker send before the interval ends.", 10_000)
     flush_interval_ms: int = _doc("How often ingest sends its buffer to Kafka.", 500)
     buffer_max: int = _doc("Emoji an ingest worker holds before it answers 503.", 200_000)

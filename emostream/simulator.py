@@ -137,6 +137,11 @@ class Ledger:
         }
 
 
+# Where a probe's time goes, from the clocks it passes (one machine, or synchronised clocks):
+# tap → ingest's received_at stamp → the processor's emitted_at on the aggregate → the viewer.
+STAGES = ("tap to ingest", "ingest to aggregate", "aggregate to viewer")
+
+
 class Probes:
     """Latency probes: sequential taps of one user in a dedicated event."""
 
@@ -144,6 +149,7 @@ class Probes:
         self.window_ms = window_ms
         self.sent: dict[int, list[tuple[int, float]]] = defaultdict(list)  # window → [(received_at, sent_at)]
         self.latencies_ms: list[float] = []
+        self.stages_ms: dict[str, list[float]] = {stage: [] for stage in STAGES}
         self._answered: dict[int, int] = defaultdict(int)  # window → probes already measured
 
     def record(self, received_at: int, sent_at: float) -> None:
@@ -153,8 +159,16 @@ class Probes:
         window = aggregate["window_start"]
         probes = sorted(self.sent.get(window, ()))
         counted = min(aggregate["total"], len(probes))
-        for _received_at, sent_at in probes[self._answered[window] : counted]:
+        emitted_at = aggregate.get("emitted_at")
+        for received_at, sent_at in probes[self._answered[window] : counted]:
             self.latencies_ms.append((arrived_at - sent_at) * 1000)
+            if isinstance(emitted_at, int):
+                for stage, ms in zip(
+                    STAGES,
+                    (received_at - sent_at * 1000, emitted_at - received_at, arrived_at * 1000 - emitted_at),
+                    strict=True,
+                ):
+                    self.stages_ms[stage].append(ms)
         self._answered[window] = max(self._answered[window], counted)
 
 
@@ -395,6 +409,8 @@ class Crowd:
                 "p50": _round(percentile(latencies, 50)),
                 "p95": _round(percentile(latencies, 95)),
                 "p99": _round(percentile(latencies, 99)),
+                # p50 of each stage (they need not add up to the p50 of the whole)
+                "stages_p50": {stage: _round(percentile(ms, 50)) for stage, ms in self.probes.stages_ms.items()},
             },
             **self.ledger.check(finished_before, self.plan.events),
         }
@@ -418,6 +434,10 @@ def format_report(report: dict[str, Any]) -> str:
         (
             "latency p50 / p95 / p99",
             f"{latency['p50']} / {latency['p95']} / {latency['p99']} ms  ({latency['probes']} probes)",
+        ),
+        (
+            "latency stages, p50",
+            " / ".join(f"{stage} {ms} ms" for stage, ms in latency.get("stages_p50", {}).items()) or "-",
         ),
         ("windows checked", report["windows_checked"]),
         ("windows exact", report["windows_exact"]),

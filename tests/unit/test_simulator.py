@@ -65,6 +65,17 @@ def test_probe_latency_is_measured_from_the_tap_to_the_first_aggregate_counting_
     assert [round(x) for x in probes.latencies_ms] == [900, 800]
 
 
+def test_probe_latency_is_split_into_the_stages_the_clocks_mark():
+    probes = Probes(window_ms=2000)
+    probes.record(received_at=10_030, sent_at=10.0)
+    probes.observe({"window_start": 10_000, "total": 1, "emitted_at": 10_700}, arrived_at=10.9)
+    assert {stage: [round(ms) for ms in values] for stage, values in probes.stages_ms.items()} == {
+        "tap to ingest": [30],
+        "ingest to aggregate": [670],
+        "aggregate to viewer": [200],
+    }
+
+
 def test_percentile_uses_the_nearest_rank():
     assert percentile([], 50) is None
     assert percentile([5, 1, 3, 2, 4], 50) == 3
