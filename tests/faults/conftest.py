@@ -51,7 +51,12 @@ class IngestPool(ServiceProcess):
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"the ingest pool exited:\n{self.log()}")
-            workers = [child.children() for child in psutil.Process(self.process.pid).children() if child.is_running()]
+            workers = []
+            for child in psutil.Process(self.process.pid).children():
+                try:
+                    workers.append(child.children())
+                except psutil.NoSuchProcess:
+                    continue  # gone since it was listed: a short-lived helper of the launcher's shell
             if len(workers) == self.instances and all(workers):
                 try:
                     if requests.get(self.url + "/healthz", timeout=2).status_code == 200:
