@@ -15,10 +15,13 @@ import signal
 import statistics
 import time
 from collections import Counter
+from pathlib import Path
 
+import psutil
 import pytest
 import requests
 
+from emostream.ingest.journal import COMMIT, SUFFIX
 from emostream.viewer import Viewer
 from tests.fanout_support import membership
 from tests.faults.conftest import FaultStack
@@ -206,18 +209,38 @@ def test_an_ingest_instance_killed_mid_load_loses_nothing_it_acknowledged(fault_
     async def kill_busiest_instance() -> dict:
         held = listening_children(stack.pool.process.pid, port)
         victim = max(held, key=held.get)
+        # Kill while its journal holds accepted emoji: between flushes a worker may hold none.
+        holding = await _until_journal_holds_emoji(settings, [child.pid for child in psutil.Process(victim).children()])
         kill_group(victim, signal.SIGKILL)  # a crash, the OOM killer, a machine lost
         replaced = await asyncio.to_thread(_wait_for_replacement, stack, victim)
-        return {"victim_connections": held[victim], "replaced_after_s": replaced}
+        return {"victim_connections": held[victim], "victim_journal_held_emoji": holding, "replaced_after_s": replaced}
 
     report, outcome = asyncio.run(run_with_fault(crowd, kill_busiest_instance, after=6.0))
     books = audit(settings, crowd)
     summary("ingest instance killed (SIGKILL) in a pool of 2", report, books, **outcome)
 
     assert outcome["victim_connections"] > 0, outcome
+    assert outcome["victim_journal_held_emoji"], outcome
     assert_every_acknowledged_emoji_counted_once(books, stack.logs())
     # ...and that is because a surviving worker sent what the dead one had accepted.
     assert "that a stopped ingest worker had accepted" in stack.logs(tail=10_000)
+
+
+async def _until_journal_holds_emoji(settings, worker_pids: list[int], timeout: float = 5.0) -> bool:
+    """Wait until one of the workers' journal segments holds a committed request (or the timeout)."""
+    folder = Path(settings.state_dir) / "ingest-journal"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for pid in worker_pids:
+            for path in folder.glob(f"{pid}-*{SUFFIX}"):
+                try:
+                    with open(path, "rb") as segment:
+                        if COMMIT in segment.read(1 << 16):
+                            return True
+                except FileNotFoundError:
+                    continue  # acknowledged and deleted as we looked
+        await asyncio.sleep(0.005)
+    return False
 
 
 def _wait_for_replacement(stack: FaultStack, victim: int) -> float:
