@@ -13,7 +13,7 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -233,15 +233,6 @@ def _green() -> bool:
     """True when gevent has patched threading (the gunicorn gevent worker)."""
     monkey = sys.modules.get("gevent.monkey")
     return bool(monkey is not None and monkey.is_module_patched("threading"))
-
-
-def cooperative_sleep() -> Callable[[float], None] | None:
-    """gevent's sleep when gevent has patched threading (a gunicorn gevent worker), else None."""
-    if not _green():
-        return None
-    import gevent
-
-    return gevent.sleep
 
 
 def _log_client_error(error: Any) -> None:

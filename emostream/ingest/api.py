@@ -23,7 +23,6 @@ from typing import Any
 from flask import Flask, current_app, request
 from flask_cors import CORS
 
-from emostream import kafka
 from emostream.http import install_json_errors, metrics_response
 from emostream.ingest import metrics
 from emostream.ingest.batcher import EmojiBatcher, Offer
@@ -59,10 +58,10 @@ class Ingest:
         self.emoji_types = frozenset(settings.emoji_types)
         self.skew_ms = settings.timestamp_skew_seconds * 1000
         self.max_lag = settings.ingest_max_lag_ms / 1000
-        # Under gunicorn's gevent workers a keep-alive client that sends its next request at once
-        # would be served again and again without the greenlet ever blocking, starving the
-        # flusher (503 "lagging") and other connections: each intake request yields once.
-        self._pass_turn = kafka.cooperative_sleep()
+        # The request-time series of each endpoint, looked up once rather than per request.
+        self._request_seconds = {
+            many: metrics.REQUEST_SECONDS.labels("emojis" if many else "emoji") for many in (False, True)
+        }
 
     def handle(self, environ: dict[str, Any], many: bool) -> tuple[int, dict[str, Any], dict[str, str]]:
         """Answer one intake request: its status, JSON body and extra headers."""
@@ -79,9 +78,7 @@ class Ingest:
                 headers["Retry-After"] = retry_after_header(rejected.retry_after)
             return rejected.status, {"error": rejected.message}, headers
         finally:
-            metrics.REQUEST_SECONDS.labels("emojis" if many else "emoji").observe(time.perf_counter() - started)
-            if self._pass_turn is not None:
-                self._pass_turn(0)
+            self._request_seconds[many].observe(time.perf_counter() - started)
 
     def intake(self, payload: Any, many: bool) -> tuple[int, int]:
         """Validate the request's emoji and buffer them all, or raise :class:`Rejected`.

@@ -25,7 +25,7 @@ from emostream.settings import Settings
 
 log = logging.getLogger(__name__)
 
-WORKER_CLASSES = {"gthread": "gthread", "gevent": "gevent"}
+WORKER_CLASSES = {"gthread": "gthread", "gevent": "emostream.ingest.gevent_worker.FairGeventWorker"}
 # Time a stopping worker has for its last requests and the final flush to Kafka.
 GRACEFUL_TIMEOUT = 30
 # Part of it reserved for the flush: a worker's buffer drains well within this.
