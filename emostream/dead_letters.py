@@ -89,6 +89,12 @@ class PositionFile:
             stream.write(bytearray(json.dumps(value).encode()))
         finally:
             stream.close()
+        if self._fs.getScheme() == "file":
+            # rename(2) replaces the old file atomically; FileContext's rename would first run
+            # readlink as a program on each path (see emostream.spark).
+            if not self._fs.rename(temporary, self._path):
+                raise OSError(f"could not rename {temporary.toString()} to {self._path.toString()}")
+            return
         context = jvm.org.apache.hadoop.fs.FileContext.getFileContext(self._path.toUri(), self._conf)
         overwrite = self._gateway.new_array(jvm.org.apache.hadoop.fs.Options.Rename, 1)
         overwrite[0] = jvm.org.apache.hadoop.fs.Options.Rename.OVERWRITE

@@ -1,7 +1,8 @@
 """The SparkSession of the processor, with Spark's Kafka connector on its classpath.
 
 ``python -m emostream.spark`` prints the connector jars as a comma-separated list
-for ``spark-submit --jars``.
+for ``spark-submit --jars``; ``python -m emostream.spark --submit-args MASTER`` prints
+every argument ``bin/spark-submit`` adds, one per line.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlparse
 
 from emostream.settings import Settings
 
@@ -41,6 +43,45 @@ def connector_jars(settings: Settings) -> list[Path]:
     return [j for j in jars if _artifact(j.name) not in bundled]
 
 
+# Hadoop's local file system runs chmod and readlink as programs when its native library is
+# missing, and pyspark ships none: a micro-batch spawned some 25 processes from the driver JVM
+# for its checkpoint files (offset log, commit log, a state delta per shuffle partition), which
+# cost 75 ms of each batch and a good part of a core. In local mode with a local checkpoint,
+# the processor uses EmoStream's ForklessLocalFileSystem (jvm/src/main/java), which sets
+# permissions in-process, and Spark's FileSystem-based checkpoint manager, whose renames do not
+# read links; a rename on a local disk is atomic either way. On a cluster nothing changes: the
+# executors may not have the class, and checkpoints there live on HDFS or an object store.
+FORKLESS_FILE_SYSTEM = "io.emostream.hadoop.ForklessLocalFileSystem"
+FILE_SYSTEM_CHECKPOINTS = "org.apache.spark.sql.execution.streaming.checkpointing.FileSystemBasedCheckpointFileManager"
+
+
+def own_jar(settings: Settings) -> Path:
+    """EmoStream's Java classes, compiled by bin/setup-jars."""
+    return Path(settings.jars_dir) / "emostream" / "emostream-jvm.jar"
+
+
+def local_checkpoint_conf(settings: Settings, master: str) -> dict[str, str]:
+    """Spark settings that write a local-mode query's checkpoint without forking; {} elsewhere."""
+    if not master.startswith("local") or urlparse(settings.checkpoint_dir).scheme not in ("", "file"):
+        return {}
+    jar = own_jar(settings)
+    if not jar.is_file():
+        raise RuntimeError(f"EmoStream's Java classes are missing ({jar}): run bin/setup-jars first")
+    return {
+        "spark.driver.extraClassPath": str(jar),
+        "spark.hadoop.fs.file.impl": FORKLESS_FILE_SYSTEM,
+        "spark.sql.streaming.checkpointFileManagerClass": FILE_SYSTEM_CHECKPOINTS,
+    }
+
+
+def submit_args(settings: Settings, master: str) -> list[str]:
+    """What bin/spark-submit adds to its command line for ``master``: the jars and the conf above."""
+    args = ["--jars", ",".join(str(j) for j in connector_jars(settings))]
+    for key, value in local_checkpoint_conf(settings, master).items():
+        args += ["--conf", f"{key}={value}"]
+    return args
+
+
 def launched_by_spark_submit() -> bool:
     """spark-submit starts the JVM first and hands its gateway to Python."""
     return "PYSPARK_GATEWAY_PORT" in os.environ
@@ -63,6 +104,8 @@ def session(settings: Settings, app_name: str = "emostream-processor") -> SparkS
             .config("spark.driver.memory", settings.spark_driver_memory)
             .config("spark.ui.enabled", str(settings.spark_ui).lower())
         )
+        for key, value in local_checkpoint_conf(settings, settings.spark_master).items():
+            builder = builder.config(key, value)
         if settings.spark_master.startswith("local"):
             # Nothing outside this machine needs to reach a local driver, nor its web UI, which
             # Spark binds to SPARK_LOCAL_IP (all interfaces when unset).
@@ -81,4 +124,7 @@ def session(settings: Settings, app_name: str = "emostream-processor") -> SparkS
 
 
 if __name__ == "__main__":
-    sys.stdout.write(",".join(str(j) for j in connector_jars(Settings.from_env())) + "\n")
+    if sys.argv[1:2] == ["--submit-args"] and len(sys.argv) == 3:
+        sys.stdout.write("".join(arg + "\n" for arg in submit_args(Settings.from_env(), sys.argv[2])))
+    else:
+        sys.stdout.write(",".join(str(j) for j in connector_jars(Settings.from_env())) + "\n")

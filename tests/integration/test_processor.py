@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import random
 import signal
+import stat
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,9 +25,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import emoji_processor
 from emostream import aggregation, kafka
+from emostream.dead_letters import PositionFile
 from emostream.settings import Settings
+from emostream.spark import FILE_SYSTEM_CHECKPOINTS, FORKLESS_FILE_SYSTEM
 from emostream.wire import EmojiEvent, aggregate_key, now_ms, scaled_count, validate_aggregate
-from tests.support import ServiceProcess, free_port, read_topic, wait_http
+from tests.support import ROOT, ServiceProcess, free_port, read_topic, wait_http
 
 pytestmark = [pytest.mark.integration, pytest.mark.spark]
 
@@ -235,6 +241,86 @@ def metric_unreachable(port: int) -> bool:
     return False
 
 
+@contextmanager
+def processes_started_by(spark, folder: Path) -> Iterator[list[str]]:
+    """The command lines of the processes Spark's JVM starts meanwhile, from a Flight Recording."""
+    jvm = spark._jvm
+    recording = jvm.jdk.jfr.Recording()
+    recording.enable("jdk.ProcessStart")
+    recording.start()
+    commands: list[str] = []
+    try:
+        yield commands
+    finally:
+        recording.stop()
+        dump = jvm.java.io.File(str(folder / "process-starts.jfr")).toPath()
+        recording.dump(dump)
+        recording.close()
+        commands += [event.getString("command") for event in jvm.jdk.jfr.consumer.RecordingFile.readAllEvents(dump)]
+
+
+def test_the_local_file_system_sets_permissions_in_process(spark, tmp_path):
+    """ForklessLocalFileSystem: the modes Hadoop would set, without running chmod."""
+    jvm = spark._jvm
+    assert spark.conf.get("spark.sql.streaming.checkpointFileManagerClass") == FILE_SYSTEM_CHECKPOINTS
+    folder = jvm.org.apache.hadoop.fs.Path(tmp_path.as_uri())
+    fs = folder.getFileSystem(spark._jsc.hadoopConfiguration())
+    assert fs.getClass().getName() == FORKLESS_FILE_SYSTEM
+    permission = jvm.org.apache.hadoop.fs.permission.FsPermission
+    with processes_started_by(spark, tmp_path) as started:
+        stream = fs.create(
+            jvm.org.apache.hadoop.fs.Path(folder, "offsets-7"), permission("640"), True, 4096, 1, 1 << 20, None
+        )
+        stream.writeBytes("v1")
+        stream.close()
+        fs.setPermission(jvm.org.apache.hadoop.fs.Path(folder, "offsets-7"), permission("604"))
+    assert started == []
+    assert stat.S_IMODE(os.stat(tmp_path / "offsets-7").st_mode) == 0o604
+    assert (tmp_path / "offsets-7").read_bytes() == b"v1"
+    assert (tmp_path / ".offsets-7.crc").exists()  # still Hadoop's checksummed file system
+
+    # java.nio cannot set the sticky bit: that mode still goes to Hadoop's chmod.
+    with processes_started_by(spark, tmp_path) as started:
+        fs.mkdirs(jvm.org.apache.hadoop.fs.Path(folder, "shared"))
+        fs.setPermission(jvm.org.apache.hadoop.fs.Path(folder, "shared"), permission("1777"))
+    assert [command.split()[0] for command in started] == ["chmod"]
+    assert stat.S_IMODE(os.stat(tmp_path / "shared").st_mode) == 0o1777
+
+
+def test_the_dead_letter_position_is_replaced_whole_on_a_local_disk(spark, tmp_path):
+    position = PositionFile(spark, str(tmp_path / "dead-letters.json"))
+    assert position.read() is None
+    with processes_started_by(spark, tmp_path) as started:
+        position.write({"written_through": {"emoji_topic": {"0": 10}}})
+        position.write({"written_through": {"emoji_topic": {"0": 25}}})
+    assert started == []
+    assert PositionFile(spark, str(tmp_path / "dead-letters.json")).read() == {
+        "written_through": {"emoji_topic": {"0": 25}}
+    }
+    assert sorted(p.name for p in tmp_path.iterdir() if "dead-letters" in p.name) == [
+        ".dead-letters.json.crc",
+        "dead-letters.json",
+    ]
+
+
+def test_micro_batches_write_their_checkpoint_without_starting_a_process(spark, fast, start_processor, tmp_path):
+    port = fast.processor_metrics_port
+    base = window_base()
+    first = emoji_events(300, base, 2000, ["final"], seed=11)
+    produce(fast, first)
+    start_processor()
+    wait_for_counts(fast, expected_counts(first))
+    more = emoji_events(300, base + 2000, 2000, ["final"], seed=12)
+    with processes_started_by(spark, tmp_path) as started:
+        # Five micro-batches, each writing its offset log, its commit log and a state delta per partition.
+        for part in range(5):
+            batches = metric(port, "emostream_processor_batches_total")
+            produce(fast, more[part * 60 : (part + 1) * 60])
+            assert eventually(lambda done=batches: metric(port, "emostream_processor_batches_total") > done)
+        wait_for_counts(fast, expected_counts(first + more))
+    assert started == []
+
+
 # The issue's restart test, so it stays in the CI selection (not "faults and slow"): about
 # a minute on a quiet machine, two JVM starts included.
 @pytest.mark.faults
@@ -281,3 +367,25 @@ def test_a_killed_processor_restarts_from_its_checkpoint_and_the_counts_stay_exa
     assert "resumed from the checkpoint" in log
     assert code == 0, log
     assert "processor stopped" in log
+
+
+class SparkSubmitted(ServiceProcess):
+    """A top-level script run by bin/spark-submit, which starts the JVM before Python."""
+
+    def command(self, script: str, args: tuple[str, ...]) -> list[str]:
+        return [str(ROOT / "bin" / "spark-submit"), str(ROOT / script), *args]
+
+
+def test_the_processor_runs_under_bin_spark_submit(settings, log_dir):
+    run = settings.replace(trigger_ms=200, processor_metrics_port=free_port())
+    events = emoji_events(500, window_base(), 4000, ["final", "semi"], seed=21)
+    produce(run, events)
+    submitted = SparkSubmitted("emoji_processor.py", run, log_dir)
+    try:
+        latest, _ = wait_for_counts(run, expected_counts(events), timeout=180)
+        assert {key: value["counts"] for key, value in latest.items()} == expected_counts(events)
+    finally:
+        code = submitted.stop(sig=signal.SIGTERM, timeout=60)
+    # Under spark-submit the JVM is the parent: SIGTERM ends it through its shutdown hooks (which
+    # stop the query gracefully) while Python is still stopping, so 143 is the usual exit code.
+    assert code in (0, 128 + signal.SIGTERM), submitted.log_path.read_text(errors="replace")

@@ -1,0 +1,61 @@
+"""Which Spark settings the processor adds for its checkpoints, by master and checkpoint folder."""
+
+from pathlib import Path
+
+import pytest
+
+from emostream import spark
+from emostream.settings import Settings
+
+
+@pytest.fixture
+def jars(tmp_path: Path) -> Path:
+    """A jar folder holding EmoStream's jar and a stand-in for the Kafka connector."""
+    for jar in ("emostream/emostream-jvm.jar", "spark/spark-sql-kafka-0-10_2.13-4.2.0.jar"):
+        (tmp_path / jar).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / jar).write_bytes(b"")
+    return tmp_path
+
+
+def settings(jars: Path, checkpoint_dir: str) -> Settings:
+    return Settings.from_env(environ={}, jars_dir=str(jars), checkpoint_dir=checkpoint_dir)
+
+
+@pytest.mark.parametrize("checkpoint_dir", ["/var/lib/emostream/checkpoints", "file:///var/lib/emostream/checkpoints"])
+def test_local_mode_with_a_local_checkpoint_writes_it_in_process(jars, checkpoint_dir):
+    conf = spark.local_checkpoint_conf(settings(jars, checkpoint_dir), "local[*]")
+    assert conf == {
+        "spark.driver.extraClassPath": str(jars / "emostream" / "emostream-jvm.jar"),
+        "spark.hadoop.fs.file.impl": "io.emostream.hadoop.ForklessLocalFileSystem",
+        "spark.sql.streaming.checkpointFileManagerClass": spark.FILE_SYSTEM_CHECKPOINTS,
+    }
+
+
+@pytest.mark.parametrize(
+    ("master", "checkpoint_dir"),
+    [
+        ("spark://spark-master:7077", "/var/lib/emostream/checkpoints"),  # executors may lack the class
+        ("local[2]", "hdfs://namenode:8020/emostream/checkpoints"),
+        ("local[*]", "s3a://bucket/emostream/checkpoints"),
+    ],
+)
+def test_clusters_and_remote_checkpoints_keep_sparks_own_file_handling(jars, master, checkpoint_dir):
+    assert spark.local_checkpoint_conf(settings(jars, checkpoint_dir), master) == {}
+
+
+def test_a_missing_jar_is_a_clear_error_in_local_mode(jars):
+    (jars / "emostream" / "emostream-jvm.jar").unlink()
+    with pytest.raises(RuntimeError, match="run bin/setup-jars"):
+        spark.local_checkpoint_conf(settings(jars, "/tmp/checkpoints"), "local[*]")
+
+
+def test_spark_submit_gets_the_connector_and_in_local_mode_the_checkpoint_settings(jars, monkeypatch):
+    monkeypatch.setattr(spark, "pyspark_jars_dir", lambda: jars / "none")
+    local = spark.submit_args(settings(jars, "/tmp/checkpoints"), "local[*]")
+    assert local[:2] == ["--jars", str(jars / "spark" / "spark-sql-kafka-0-10_2.13-4.2.0.jar")]
+    assert local[2:] == [
+        arg
+        for key, value in spark.local_checkpoint_conf(settings(jars, "/tmp/checkpoints"), "local[*]").items()
+        for arg in ("--conf", f"{key}={value}")
+    ]
+    assert spark.submit_args(settings(jars, "/tmp/checkpoints"), "spark://spark-master:7077") == local[:2]
