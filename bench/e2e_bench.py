@@ -2,10 +2,14 @@
 
     .venv/bin/python bench/e2e_bench.py                          1,000 viewers, 2,000 emoji/s, 60 s
     .venv/bin/python bench/e2e_bench.py --viewers 200 --rate 500 --duration 20
+    .venv/bin/python bench/e2e_bench.py --warmup 0                 measure from a cold start
 
 Runs the crowd twice in the same invocation: the processor at its default 500 ms trigger, and
 the baseline at a 2 s trigger. Prints sustained emoji/s, end-to-end latency (probe tap → first
 aggregate counting it) p50/p95/p99, loss, and CPU seconds and peak memory per component.
+Each stack first carries the same crowd on another event for --warmup seconds (default 30),
+unmeasured: a live stack has been running before an event starts, while a fresh processor JVM
+spends its first minute compiling Spark's code. --warmup 0 measures the cold start.
 Starts its own broker on a free port; everything binds 127.0.0.1 and stops at the end.
 """
 
@@ -13,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import shutil
 import sys
 import tempfile
@@ -78,6 +83,11 @@ async def measure(stack: Stack, args: argparse.Namespace) -> tuple[dict, dict]:
         drain=60.0,
         seed=1,
     )
+    if args.warmup > 0:
+        warmup = dataclasses.replace(
+            plan, duration=args.warmup, events=("warm-up",), probe_interval=0.0, drain=1.0, seed=2
+        )
+        await Crowd(warmup).run()
     usage = Usage(stack)
     usage.start()
     stop = asyncio.Event()
@@ -102,7 +112,8 @@ def run_config(name: str, trigger_ms: int, base: Settings, work: Path, args) -> 
     )
     with running_stack(settings, state, timeout=300) as stack:
         print(
-            f"[{name}] stack up; crowd of {args.viewers} viewers at {args.rate:.0f} emoji/s for {args.duration:.0f} s",
+            f"[{name}] stack up; crowd of {args.viewers} viewers at {args.rate:.0f} emoji/s for {args.duration:.0f} s"
+            f" after {args.warmup:.0f} s of warm-up",
             flush=True,
         )
         return asyncio.run(measure(stack, args))
@@ -114,6 +125,8 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=2000.0)
     parser.add_argument("--duration", type=float, default=60.0)
     parser.add_argument("--batch", type=int, default=10, help="emoji per request from the crowd")
+    parser.add_argument("--warmup", type=float, default=30.0, help="seconds of unmeasured crowd first (0: none)")
+    parser.add_argument("--keep", action="store_true", help="keep the services' logs and state")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="emostream-e2e-bench-"))
@@ -130,7 +143,10 @@ def main() -> int:
             for name, trigger in (("trigger 500 ms", 500), ("baseline: trigger 2 s", 2000)):
                 results[name] = run_config(name, trigger, base, work, args)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if args.keep:
+            print(f"kept the services' logs and state in {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
 
     print()
     print("| run | emoji/s accepted | latency p50 / p95 / p99 (ms) | windows exact | lost | twice |")
