@@ -149,12 +149,15 @@ def main() -> int:
             shutil.rmtree(work, ignore_errors=True)
 
     print()
-    print("| run | emoji/s accepted | latency p50 / p95 / p99 (ms) | windows exact | lost | twice |")
-    print("| --- | ---: | --- | --- | ---: | ---: |")
+    print(
+        "| run | emoji/s accepted | aggregates received | latency p50 / p95 / p99 (ms) | windows exact | lost | twice |"
+    )
+    print("| --- | ---: | ---: | --- | --- | ---: | ---: |")
     for name, (report, _) in results.items():
         lat = report["latency_ms"]
         print(
-            f"| {name} | {report['accepted_per_second']:,.0f} | {lat['p50']} / {lat['p95']} / {lat['p99']} "
+            f"| {name} | {report['accepted_per_second']:,.0f} | {report['aggregates_received']:,} "
+            f"| {lat['p50']} / {lat['p95']} / {lat['p99']} "
             f"| {report['windows_exact']}/{report['windows_checked']} | {report['emoji_lost']} | {report['emoji_extra']} |"
         )
     print()
