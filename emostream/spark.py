@@ -62,7 +62,9 @@ def own_jar(settings: Settings) -> Path:
 
 def local_checkpoint_conf(settings: Settings, master: str) -> dict[str, str]:
     """Spark settings that write a local-mode query's checkpoint without forking; {} elsewhere."""
-    if not master.startswith("local") or urlparse(settings.checkpoint_dir).scheme not in ("", "file"):
+    # local and local[N]: executors in the driver's JVM (local-cluster runs JVMs of their own).
+    in_driver = re.fullmatch(r"local(\[[^\]]*\])?", master) is not None
+    if not in_driver or urlparse(settings.checkpoint_dir).scheme not in ("", "file"):
         return {}
     jar = own_jar(settings)
     if not jar.is_file():

@@ -21,9 +21,10 @@ def settings(jars: Path, checkpoint_dir: str) -> Settings:
     return Settings.from_env(environ={}, jars_dir=str(jars), checkpoint_dir=checkpoint_dir)
 
 
+@pytest.mark.parametrize("master", ["local", "local[*]", "local[2]", "local[4,3]"])
 @pytest.mark.parametrize("checkpoint_dir", ["/var/lib/emostream/checkpoints", "file:///var/lib/emostream/checkpoints"])
-def test_local_mode_with_a_local_checkpoint_writes_it_in_process(jars, checkpoint_dir):
-    conf = spark.local_checkpoint_conf(settings(jars, checkpoint_dir), "local[*]")
+def test_local_mode_with_a_local_checkpoint_writes_it_in_process(jars, master, checkpoint_dir):
+    conf = spark.local_checkpoint_conf(settings(jars, checkpoint_dir), master)
     assert conf == {
         "spark.driver.extraClassPath": str(jars / "emostream" / "emostream-jvm.jar"),
         "spark.hadoop.fs.file.impl": "io.emostream.hadoop.ForklessLocalFileSystem",
@@ -35,6 +36,7 @@ def test_local_mode_with_a_local_checkpoint_writes_it_in_process(jars, checkpoin
     ("master", "checkpoint_dir"),
     [
         ("spark://spark-master:7077", "/var/lib/emostream/checkpoints"),  # executors may lack the class
+        ("local-cluster[2,1,1024]", "/var/lib/emostream/checkpoints"),  # executors in JVMs of their own
         ("local[2]", "hdfs://namenode:8020/emostream/checkpoints"),
         ("local[*]", "s3a://bucket/emostream/checkpoints"),
     ],
