@@ -263,7 +263,7 @@ class Processor:
             raise
         log.info(
             "counting %s into %s (dead letters: %s); %d s windows, trigger %d ms, watermark %d ms, "
-            "checkpoint %s; /healthz and /metrics on %s:%d",
+            "checkpoint %s (through %s); /healthz and /metrics on %s:%d",
             settings.emoji_topic,
             settings.aggregate_topic,
             settings.dead_letter_topic,
@@ -271,6 +271,7 @@ class Processor:
             settings.trigger_ms,
             settings.watermark_ms,
             settings.checkpoint_dir,
+            checkpoint_file_system(spark, settings.checkpoint_dir),
             settings.ops_host,
             settings.processor_metrics_port,
         )
@@ -328,6 +329,12 @@ class Processor:
             self.server.shutdown()
             self.server.server_close()
             self.server = None
+
+
+def checkpoint_file_system(spark: SparkSession, location: str) -> str:
+    """The Hadoop file system class the checkpoint is written through (see emostream.spark)."""
+    path = spark._jvm.org.apache.hadoop.fs.Path(location)
+    return path.getFileSystem(spark._jsc.hadoopConfiguration()).getClass().getSimpleName()
 
 
 def create_app(processor: Processor) -> Flask:

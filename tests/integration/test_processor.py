@@ -386,6 +386,9 @@ def test_the_processor_runs_under_bin_spark_submit(settings, log_dir):
         assert {key: value["counts"] for key, value in latest.items()} == expected_counts(events)
     finally:
         code = submitted.stop(sig=signal.SIGTERM, timeout=60)
+    log = submitted.log_path.read_text(errors="replace")
     # Under spark-submit the JVM is the parent: SIGTERM ends it through its shutdown hooks (which
     # stop the query gracefully) while Python is still stopping, so 143 is the usual exit code.
-    assert code in (0, 128 + signal.SIGTERM), submitted.log_path.read_text(errors="replace")
+    assert code in (0, 128 + signal.SIGTERM), log
+    # bin/spark-submit passed the settings that write a local checkpoint in-process.
+    assert "(through ForklessLocalFileSystem)" in log
