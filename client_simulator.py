@@ -18,9 +18,9 @@ import requests
 
 from emostream import logs
 from emostream.settings import Settings
-from emostream.simulator import Crowd, CrowdPlan, classic, dump, format_report, parse_mix, write_progress
+from emostream.clients.simulator import Crowd, CrowdPlan, classic, dump, format_report, parse_mix, write_progress
 
-log = logging.getLogger("emostream.simulator")
+log = logging.getLogger("emostream.clients.simulator")
 
 
 def parse_args(settings: Settings, argv: list[str] | None = None) -> argparse.Namespace:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from pyspark.sql import functions as F
 
 from emostream import logs
-from emostream.aggregation import (
+from emostream.processor.transforms import (
     REASONS,
     aggregate,
     aggregate_records,
@@ -27,8 +27,8 @@ from emostream.aggregation import (
     rejected_records,
     valid_events,
 )
-from emostream.dead_letters import batch_job
-from emostream.processor_service import ACCEPTED, COUNTS_OBSERVATION, Processor
+from emostream.processor.dead_letters import batch_job
+from emostream.processor.service import ACCEPTED, COUNTS_OBSERVATION, Processor
 from emostream.settings import Settings
 
 if TYPE_CHECKING:
@@ -64,7 +64,7 @@ def start_query(spark: SparkSession, settings: Settings) -> StreamingQuery:
     )
 
     parsed = parse_records(records, settings)
-    # Poison is only counted here; emostream.dead_letters writes it out (see there why).
+    # Poison is only counted here; emostream.processor.dead_letters writes it out (see there why).
     counted = parsed.observe(
         COUNTS_OBSERVATION,
         F.count_if(F.col("reason").isNull()).alias(ACCEPTED),
@@ -119,7 +119,7 @@ def create_processor(spark: SparkSession, settings: Settings) -> Processor:
 def main() -> int:
     settings = Settings.from_env()
     logs.configure(settings)
-    from emostream.spark import session
+    from emostream.processor.spark import session
 
     spark = session(settings)
     stop = threading.Event()

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import psutil
 
-from emostream.localkafka import BrokerNode
+from emostream.devstack.broker import BrokerNode
 from emostream.settings import ROOT
-from tests.support import free_port
+from tests.harness.support import free_port
 
 WRK_RESULT = "WRK_RESULT "
 

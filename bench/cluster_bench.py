@@ -35,10 +35,10 @@ sys.path.insert(0, str(ROOT))
 from kafka.errors import KafkaError  # noqa: E402
 
 from emostream import kafka  # noqa: E402
-from emostream.localcluster import KafkaCluster  # noqa: E402
-from emostream.localkafka import BrokerNode  # noqa: E402
+from emostream.devstack.clusters import KafkaCluster  # noqa: E402
+from emostream.devstack.broker import BrokerNode  # noqa: E402
 from emostream.settings import Settings  # noqa: E402
-from tests.support import free_port  # noqa: E402
+from tests.harness.support import free_port  # noqa: E402
 
 EMOJI = ("🔥", "👏", "😂", "😮")
 

@@ -30,8 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._common import kafka_for_bench, process_tree, tree_cpu_seconds  # noqa: E402
 from emostream.settings import Settings  # noqa: E402
-from emostream.simulator import STAGES, Crowd, CrowdPlan, parse_mix  # noqa: E402
-from tests.stack import Stack, running_stack, unique_stack_settings  # noqa: E402
+from emostream.clients.simulator import STAGES, Crowd, CrowdPlan, parse_mix  # noqa: E402
+from tests.harness.stack import Stack, running_stack, unique_stack_settings  # noqa: E402
 
 
 class Usage:

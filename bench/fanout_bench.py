@@ -139,7 +139,7 @@ class _SocketIOProtocol(asyncio.Protocol):
 class RawViewer:
     """A lean Socket.IO viewer: the same registration and protocol, without the client library.
 
-    python-socketio's AsyncClient (as in emostream.viewer) spends about 90 us of CPU
+    python-socketio's AsyncClient (as in emostream.clients.viewer) spends about 90 us of CPU
     per message (a task per packet, aiohttp, two decoding layers). With thousands of
     viewers on the same two cores as the servers, the load generator would then set
     the delays; this client reads frames straight off the socket and takes the
@@ -188,7 +188,7 @@ async def worker(args: argparse.Namespace) -> None:
     """
     import aiohttp
 
-    from emostream.viewer import Viewer
+    from emostream.clients.viewer import Viewer
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -599,7 +599,7 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2, help="viewer worker processes")
     parser.add_argument("--wave", type=int, default=100, help="viewers a worker connects at once")
     parser.add_argument(
-        "--client", choices=("raw", "viewer"), default="raw", help="lean protocol client or emostream.viewer.Viewer"
+        "--client", choices=("raw", "viewer"), default="raw", help="lean protocol client or emostream.clients.viewer.Viewer"
     )
     parser.add_argument("--skip-baseline", action="store_true")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)

@@ -146,8 +146,8 @@ def worker(progress_path: str) -> int:
     """Child process: the processor, plus a listener that appends every progress report to a file."""
     import emoji_processor
     from emostream import logs
-    from emostream.processor_service import JsonProgressListener
-    from emostream.spark import session
+    from emostream.processor.service import JsonProgressListener
+    from emostream.processor.spark import session
 
     settings = Settings.from_env()
     logs.configure(settings)

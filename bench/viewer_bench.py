@@ -39,7 +39,7 @@ from tests.browser.conftest import (  # noqa: E402
     web_stack_settings,
 )
 from tests.conftest import TEST_KAFKA_PORT  # noqa: E402
-from tests.stack import Stack, running_stack  # noqa: E402
+from tests.harness.stack import Stack, running_stack  # noqa: E402
 
 
 def parse_seconds(text: str) -> float:

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from emostream import kafka
-from emostream.localkafka import BrokerNode
+from emostream.devstack.broker import BrokerNode
 from emostream.settings import ROOT, Settings
 
 TEST_STATE = ROOT / "build" / "test-state"
@@ -91,7 +91,7 @@ def settings(base_settings: Settings, tmp_path: Path) -> Settings:
 @pytest.fixture(scope="session")
 def spark(base_settings: Settings):
     """The test run's one SparkSession (local mode, shuffle partitions = cores)."""
-    from emostream.spark import session
+    from emostream.processor.spark import session
 
     spark_session = session(base_settings, app_name="emostream-tests")
     yield spark_session

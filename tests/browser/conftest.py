@@ -23,8 +23,8 @@ import requests
 
 from emostream import webui
 from emostream.settings import ROOT, Settings
-from tests.stack import Stack, running_stack, unique_stack_settings
-from tests.support import read_topic
+from tests.harness.stack import Stack, running_stack, unique_stack_settings
+from tests.harness.support import read_topic
 
 CHROMIUM = Path(os.environ.get("EMOSTREAM_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [

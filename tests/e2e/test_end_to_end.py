@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from emostream.simulator import Crowd, CrowdPlan, parse_mix
-from tests.stack import Stack, running_stack, unique_stack_settings
+from emostream.clients.simulator import Crowd, CrowdPlan, parse_mix
+from tests.harness.stack import Stack, running_stack, unique_stack_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

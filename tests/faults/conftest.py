@@ -16,9 +16,9 @@ import requests
 
 from emostream.fanout.ops import ensure_fanout_topics
 from emostream.settings import ROOT, Settings
-from tests.faults.support import wait_for_topic_metadata
-from tests.stack import Stack, running_stack, unique_stack_settings
-from tests.support import ServiceProcess
+from tests.harness.faults import wait_for_topic_metadata
+from tests.harness.stack import Stack, running_stack, unique_stack_settings
+from tests.harness.support import ServiceProcess
 
 POOL_INSTANCES = 2
 

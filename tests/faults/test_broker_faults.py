@@ -1,6 +1,6 @@
 """One Kafka broker of three SIGKILLed under load, and later restarted.
 
-The whole stack runs against a 3-node KRaft cluster of its own (emostream.localcluster,
+The whole stack runs against a 3-node KRaft cluster of its own (emostream.devstack.clusters,
 every node a broker and a controller in its own JVM), with every topic at replication
 factor 3 and ``min.insync.replicas=2``: with one node gone, writes with ``acks=all``
 still succeed and the crowd should notice nothing but a pause.
@@ -15,10 +15,10 @@ from collections.abc import Iterator
 import pytest
 
 from emostream import kafka
-from emostream.localcluster import KafkaCluster
+from emostream.devstack.clusters import KafkaCluster
 from emostream.settings import Settings
 from tests.faults.conftest import fault_settings
-from tests.faults.support import (
+from tests.harness.faults import (
     TracedCrowd,
     assert_every_acknowledged_emoji_counted_once,
     audit,
@@ -26,8 +26,8 @@ from tests.faults.support import (
     run_with_fault,
     summary,
 )
-from tests.stack import Stack, running_stack
-from tests.support import free_port, leader_of
+from tests.harness.stack import Stack, running_stack
+from tests.harness.support import free_port, leader_of
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults, pytest.mark.slow]
 

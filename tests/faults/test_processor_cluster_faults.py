@@ -1,6 +1,6 @@
 """The processor submitted to a Spark standalone cluster, SIGKILLed under load and restarted.
 
-A master and one worker (emostream.localcluster, started from the pyspark installation)
+A master and one worker (emostream.devstack.clusters, started from the pyspark installation)
 run the processor's executors; the processor itself is the driver. Killing the driver
 ends its application on the cluster; the restarted processor is a new application that
 resumes from the checkpoint.
@@ -18,10 +18,10 @@ from functools import partial
 import pytest
 import requests
 
-from emostream.localcluster import SparkStandalone
+from emostream.devstack.clusters import SparkStandalone
 from emostream.settings import Settings
 from tests.faults.conftest import fault_settings
-from tests.faults.support import (
+from tests.harness.faults import (
     TracedCrowd,
     assert_every_acknowledged_emoji_counted_once,
     audit,
@@ -29,8 +29,8 @@ from tests.faults.support import (
     run_with_fault,
     summary,
 )
-from tests.stack import Stack, running_stack
-from tests.support import ServiceProcess, free_port, wait_http
+from tests.harness.stack import Stack, running_stack
+from tests.harness.support import ServiceProcess, free_port, wait_http
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults, pytest.mark.slow, pytest.mark.spark]
 

@@ -22,10 +22,10 @@ import pytest
 import requests
 
 from emostream.ingest.journal import COMMIT, SUFFIX
-from emostream.viewer import Viewer
-from tests.fanout_support import membership
+from emostream.clients.viewer import Viewer
+from tests.harness.fanout import membership
 from tests.faults.conftest import FaultStack
-from tests.faults.support import (
+from tests.harness.faults import (
     TracedCrowd,
     assert_every_acknowledged_emoji_counted_once,
     audit,
@@ -35,7 +35,7 @@ from tests.faults.support import (
     run_with_fault,
     summary,
 )
-from tests.support import wait_http
+from tests.harness.support import wait_http
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 

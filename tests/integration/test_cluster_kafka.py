@@ -15,11 +15,11 @@ import pytest
 from kafka.admin import ConfigResource, ConfigResourceType
 
 from emostream import kafka
-from emostream.localcluster import KafkaCluster
+from emostream.devstack.clusters import KafkaCluster
 from emostream.settings import ROOT, Settings
 from tests.conftest import unique_topics
-from tests.integration.cluster_support import assert_stop_ends_every_process, parse_exports
-from tests.support import free_port, leader_of, read_topic
+from tests.harness.clusters import assert_stop_ends_every_process, parse_exports
+from tests.harness.support import free_port, leader_of, read_topic
 
 pytestmark = pytest.mark.integration
 

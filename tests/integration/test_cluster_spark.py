@@ -17,10 +17,10 @@ from dataclasses import dataclass
 import pytest
 
 from emostream import kafka
-from emostream.localcluster import SparkStandalone
+from emostream.devstack.clusters import SparkStandalone
 from emostream.settings import ROOT, Settings
-from tests.integration.cluster_support import assert_stop_ends_every_process, parse_exports
-from tests.support import free_port
+from tests.harness.clusters import assert_stop_ends_every_process, parse_exports
+from tests.harness.support import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.spark]
 
@@ -124,7 +124,7 @@ def test_stop_ends_the_master_and_the_worker(started):
 
 def run_job(topic: str) -> None:
     """The child: a batch read of ``topic`` through Spark's Kafka connector, on the configured master."""
-    from emostream.spark import session
+    from emostream.processor.spark import session
 
     settings = Settings.from_env()
     spark = session(settings, app_name="emostream-cluster-test")

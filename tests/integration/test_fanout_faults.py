@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from emostream.settings import Settings
-from tests.fanout_support import (
+from tests.harness.fanout import (
     all_connected,
     event_in_heartbeats,
     fanout_settings,
@@ -29,7 +29,7 @@ from tests.fanout_support import (
     wait_until,
     windows,
 )
-from tests.support import ServiceProcess, wait_http
+from tests.harness.support import ServiceProcess, wait_http
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 

@@ -13,9 +13,9 @@ import pytest
 import requests
 
 from emostream.settings import Settings
-from emostream.viewer import Viewer
-from tests.fanout_support import fanout_settings, live_nodes, membership, registration_url, wait_until
-from tests.support import ServiceProcess, wait_http
+from emostream.clients.viewer import Viewer
+from tests.harness.fanout import fanout_settings, live_nodes, membership, registration_url, wait_until
+from tests.harness.support import ServiceProcess, wait_http
 
 pytestmark = pytest.mark.integration
 

@@ -17,9 +17,9 @@ import requests
 import socketio
 
 from emostream.settings import Settings
-from emostream.viewer import Viewer
+from emostream.clients.viewer import Viewer
 from emostream.wire import TokenClaims, issue_token
-from tests.fanout_support import (
+from tests.harness.fanout import (
     fanout_settings,
     live_nodes,
     membership,
@@ -31,7 +31,7 @@ from tests.fanout_support import (
     wait_until,
     windows,
 )
-from tests.support import ServiceProcess, wait_http
+from tests.harness.support import ServiceProcess, wait_http
 
 pytestmark = pytest.mark.integration
 

@@ -11,9 +11,9 @@ import uuid
 import pytest
 
 from emostream import kafka
-from emostream.localkafka import BrokerNode, KafkaError, pid_alive
+from emostream.devstack.broker import BrokerNode, KafkaError, pid_alive
 from emostream.settings import ROOT
-from tests.support import free_port, read_topic
+from tests.harness.support import free_port, read_topic
 
 pytestmark = pytest.mark.integration
 

@@ -17,8 +17,8 @@ from emostream.ingest.journal import read_segment
 from emostream.settings import Settings
 from emostream.wire import now_ms
 from tests.conftest import unique_topics
-from tests.integration.ingest_support import create_emoji_topic, records_of
-from tests.support import free_port
+from tests.harness.ingest import create_emoji_topic, records_of
+from tests.harness.support import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -14,12 +14,12 @@ import pytest
 import requests
 
 from emostream.ingest.journal import read_segment
-from emostream.localkafka import BrokerNode
+from emostream.devstack.broker import BrokerNode
 from emostream.settings import ROOT, Settings
 from emostream.wire import now_ms
 from tests.conftest import unique_topics
-from tests.integration.ingest_support import create_emoji_topic, records_of, start_ingest
-from tests.support import free_port
+from tests.harness.ingest import create_emoji_topic, records_of, start_ingest
+from tests.harness.support import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 

@@ -14,8 +14,8 @@ import requests
 from emostream.settings import Settings
 from emostream.wire import now_ms
 from tests.conftest import unique_topics
-from tests.integration.ingest_support import create_emoji_topic, records_of, start_ingest
-from tests.support import free_port, read_topic
+from tests.harness.ingest import create_emoji_topic, records_of, start_ingest
+from tests.harness.support import free_port, read_topic
 
 pytestmark = pytest.mark.integration
 

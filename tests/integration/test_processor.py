@@ -24,12 +24,13 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 import emoji_processor
-from emostream import aggregation, kafka
-from emostream.dead_letters import PositionFile
+from emostream import kafka
+from emostream.processor import transforms as aggregation
+from emostream.processor.dead_letters import PositionFile
 from emostream.settings import Settings
-from emostream.spark import FILE_SYSTEM_CHECKPOINTS, FORKLESS_FILE_SYSTEM
+from emostream.processor.spark import FILE_SYSTEM_CHECKPOINTS, FORKLESS_FILE_SYSTEM
 from emostream.wire import EmojiEvent, aggregate_key, now_ms, scaled_count, validate_aggregate
-from tests.support import ROOT, ServiceProcess, free_port, read_topic, wait_http
+from tests.harness.support import ROOT, ServiceProcess, free_port, read_topic, wait_http
 
 pytestmark = [pytest.mark.integration, pytest.mark.spark]
 

@@ -16,9 +16,9 @@ import pytest
 import requests
 
 from emostream.settings import Settings
-from tests.fanout_support import fanout_settings, live_nodes, registration_url, wait_until
-from tests.faults.support import wait_for_topic_metadata
-from tests.support import ServiceProcess, free_port, wait_http
+from tests.harness.fanout import fanout_settings, live_nodes, registration_url, wait_until
+from tests.harness.faults import wait_for_topic_metadata
+from tests.harness.support import ServiceProcess, free_port, wait_http
 
 NODES = ("c0-s0", "c0-s1")
 

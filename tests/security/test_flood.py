@@ -17,7 +17,7 @@ import requests
 
 from emostream.wire import now_ms
 from tests.security.conftest import SecurityStack
-from tests.support import read_topic
+from tests.harness.support import read_topic
 
 pytestmark = pytest.mark.integration
 

@@ -23,9 +23,9 @@ from hypothesis import HealthCheck, given, seed
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from emostream.viewer import Viewer
+from emostream.clients.viewer import Viewer
 from emostream.wire import TokenClaims, issue_token
-from tests.fanout_support import live_nodes, publish_aggregates, wait_until, windows
+from tests.harness.fanout import live_nodes, publish_aggregates, wait_until, windows
 from tests.security.conftest import SecurityStack
 
 pytestmark = pytest.mark.integration

@@ -27,7 +27,7 @@ from schemathesis.core import NOT_SET
 from emostream.settings import ROOT
 from emostream.wire import DEFAULT_EVENT_ID, now_ms
 from tests.security.conftest import SecurityStack
-from tests.support import read_topic
+from tests.harness.support import read_topic
 
 pytestmark = pytest.mark.integration
 

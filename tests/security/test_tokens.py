@@ -31,9 +31,9 @@ from emostream.fanout.registration import create_app as create_registration_app
 from emostream.ingest.api import create_app as create_ingest_app
 from emostream.ingest.batcher import EmojiBatcher
 from emostream.settings import ROOT, Settings
-from emostream.viewer import EMOJI_UPDATE
+from emostream.clients.viewer import EMOJI_UPDATE
 from emostream.wire import TokenClaims, issue_token
-from tests.fanout_support import live_nodes, publish_aggregates, wait_until, windows
+from tests.harness.fanout import live_nodes, publish_aggregates, wait_until, windows
 from tests.security.conftest import SecurityStack
 
 pytestmark = pytest.mark.integration

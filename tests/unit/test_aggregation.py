@@ -9,7 +9,7 @@ from collections import Counter
 
 import pytest
 
-from emostream import aggregation
+from emostream.processor import transforms as aggregation
 from emostream.settings import Settings
 from emostream.wire import EmojiEvent, aggregate_key, make_aggregate, now_ms, validate_aggregate
 

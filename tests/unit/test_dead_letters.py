@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from emostream import dead_letters
-from emostream.dead_letters import BatchRange, DeadLetterWriter, offsets
+from emostream.processor import dead_letters
+from emostream.processor.dead_letters import BatchRange, DeadLetterWriter, offsets
 
 TOPIC = "emoji_topic"
 

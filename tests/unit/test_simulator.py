@@ -2,7 +2,7 @@
 
 import pytest
 
-from emostream.simulator import Ledger, Probes, parse_mix, percentile
+from emostream.clients.simulator import Ledger, Probes, parse_mix, percentile
 from emostream.wire import make_aggregate
 
 

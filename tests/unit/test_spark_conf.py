@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from emostream import spark
+from emostream.processor import spark
 from emostream.settings import Settings
 
 

@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from emostream import webui
 from emostream.http import install_json_errors
 from emostream.settings import Settings
-from tests.support import free_port
+from tests.harness.support import free_port
 
 
 @pytest.fixture

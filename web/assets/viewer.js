@@ -93,10 +93,10 @@
   function viewerId() {
     // One id per tab: two tabs are two viewers, a reload is the same one.
     try {
-      let id = sessionStorage.getItem("emostream.viewer");
+      let id = sessionStorage.getItem("emostream.clients.viewer");
       if (!id) {
         id = `web-${Math.random().toString(36).slice(2, 10)}`;
-        sessionStorage.setItem("emostream.viewer", id);
+        sessionStorage.setItem("emostream.clients.viewer", id);
       }
       return id;
     } catch (_) {

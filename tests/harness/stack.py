@@ -14,7 +14,7 @@ from emostream import kafka
 from emostream.settings import Settings
 from emostream.wire import now_ms
 from tests.conftest import unique_topics
-from tests.support import ServiceProcess, free_port, read_topic, wait_http
+from tests.harness.support import ServiceProcess, free_port, read_topic, wait_http
 
 
 def stack_settings(settings: Settings, clusters: int = 1, subscribers_per_cluster: int = 2, **changes) -> Settings:

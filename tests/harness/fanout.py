@@ -13,10 +13,10 @@ import requests
 from emostream import kafka
 from emostream.fanout.ops import ensure_fanout_topics
 from emostream.settings import Settings
-from emostream.viewer import Viewer
+from emostream.clients.viewer import Viewer
 from emostream.wire import make_aggregate
 from tests.conftest import unique_topics
-from tests.support import free_port
+from tests.harness.support import free_port
 
 
 def fanout_settings(base: Settings, **overrides: Any) -> Settings:

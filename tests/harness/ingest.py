@@ -9,7 +9,7 @@ import requests
 
 from emostream import kafka
 from emostream.settings import Settings
-from tests.support import ServiceProcess, read_topic, wait_http
+from tests.harness.support import ServiceProcess, read_topic, wait_http
 
 
 def create_emoji_topic(settings: Settings) -> None:

@@ -1,7 +1,7 @@
 """The SparkSession of the processor, with Spark's Kafka connector on its classpath.
 
-``python -m emostream.spark`` prints the connector jars as a comma-separated list
-for ``spark-submit --jars``; ``python -m emostream.spark --submit-args MASTER`` prints
+``python -m emostream.processor.spark`` prints the connector jars as a comma-separated list
+for ``spark-submit --jars``; ``python -m emostream.processor.spark --submit-args MASTER`` prints
 every argument ``bin/spark-submit`` adds, one per line.
 """
 

@@ -30,11 +30,11 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from emostream.jvmprocess import JvmProcess, start_together
-from emostream.localkafka import BrokerNode, KafkaError, _random_cluster_id, require_java
+from emostream.devstack.jvmprocess import JvmProcess, start_together
+from emostream.devstack.broker import BrokerNode, KafkaError, _random_cluster_id, require_java
 from emostream.settings import ROOT, Settings
 
-log = logging.getLogger("emostream.localcluster")
+log = logging.getLogger("emostream.devstack.clusters")
 
 HOST = "127.0.0.1"
 

@@ -22,7 +22,7 @@ from pyspark.sql.streaming import StreamingQueryListener
 from pyspark.sql.streaming.listener import JStreamingQueryListener, QueryProgressEvent
 from werkzeug.serving import BaseWSGIServer, make_server
 
-from emostream.dead_letters import BatchRange, DeadLetterWriter, Offsets, PositionFile, offsets
+from emostream.processor.dead_letters import BatchRange, DeadLetterWriter, Offsets, PositionFile, offsets
 from emostream.http import install_json_errors, metrics_response
 from emostream.settings import Settings
 
@@ -332,7 +332,7 @@ class Processor:
 
 
 def checkpoint_file_system(spark: SparkSession, location: str) -> str:
-    """The Hadoop file system class the checkpoint is written through (see emostream.spark)."""
+    """The Hadoop file system class the checkpoint is written through (see emostream.processor.spark)."""
     path = spark._jvm.org.apache.hadoop.fs.Path(location)
     return path.getFileSystem(spark._jsc.hadoopConfiguration()).getClass().getSimpleName()
 

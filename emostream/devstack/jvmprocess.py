@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import ClassVar
 
-log = logging.getLogger("emostream.jvmprocess")
+log = logging.getLogger("emostream.devstack.jvmprocess")
 
 
 def port_in_use(host: str, port: int) -> bool:

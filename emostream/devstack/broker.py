@@ -1,6 +1,6 @@
 """A local Apache Kafka broker in KRaft mode, run as a plain JVM process.
 
-``python -m emostream.localkafka start|stop|status`` manages one combined
+``python -m emostream.devstack.broker start|stop|status`` manages one combined
 broker+controller node whose data, log and pid live under the state folder. The
 jars come from ``bin/setup-jars``. Only the standard library is used here so that
 the broker can be managed before the virtualenv exists.
@@ -17,12 +17,12 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from emostream.jvmprocess import JvmProcess
-from emostream.jvmprocess import pid_alive as pid_alive  # re-exported: callers import it from here
-from emostream.jvmprocess import port_in_use as port_in_use
+from emostream.devstack.jvmprocess import JvmProcess
+from emostream.devstack.jvmprocess import pid_alive as pid_alive  # re-exported: callers import it from here
+from emostream.devstack.jvmprocess import port_in_use as port_in_use
 from emostream.settings import Settings
 
-log = logging.getLogger("emostream.localkafka")
+log = logging.getLogger("emostream.devstack.broker")
 
 READY_LINE = "Kafka Server started"
 

@@ -28,7 +28,7 @@ import aiohttp
 from emostream.settings import Settings
 from emostream.wire import now_ms
 
-log = logging.getLogger("emostream.simulator")
+log = logging.getLogger("emostream.clients.simulator")
 
 
 @dataclass
@@ -196,7 +196,7 @@ class Crowd:
     def _make_viewer(self, event_id: str, client_id: str, on_update):
         if self._viewer_factory is not None:
             return self._viewer_factory(self.plan.registration_url, event_id, client_id, on_update)
-        from emostream.viewer import Viewer
+        from emostream.clients.viewer import Viewer
 
         return Viewer(
             self.plan.registration_url,

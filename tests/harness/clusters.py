@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import subprocess
 
-from emostream.localkafka import pid_alive
+from emostream.devstack.broker import pid_alive
 
 
 def parse_exports(stdout: str) -> dict[str, str]:

@@ -31,8 +31,8 @@ import psutil
 from emostream import kafka
 from emostream.fanout.ops import fanout_topics
 from emostream.settings import Settings
-from emostream.simulator import Crowd, CrowdPlan, parse_mix
-from tests.support import read_topic
+from emostream.clients.simulator import Crowd, CrowdPlan, parse_mix
+from tests.harness.support import read_topic
 
 # After every window has its count, how long to keep watching for counts that grow past it.
 EXTRAS_SECONDS = 3.0

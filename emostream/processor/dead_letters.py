@@ -91,7 +91,7 @@ class PositionFile:
             stream.close()
         if self._fs.getScheme() == "file":
             # rename(2) replaces the old file atomically; FileContext's rename would first run
-            # readlink as a program on each path (see emostream.spark).
+            # readlink as a program on each path (see emostream.processor.spark).
             if not self._fs.rename(temporary, self._path):
                 raise OSError(f"could not rename {temporary.toString()} to {self._path.toString()}")
             return

@@ -1,0 +1,1 @@
+"""Clients of the stack: the Python viewer, the crowd simulator and their latency probes."""

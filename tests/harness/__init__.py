@@ -1,0 +1,1 @@
+"""Test and benchmark harness: the stack, the fan-out tier, faults and clusters, started for real."""
