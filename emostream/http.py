@@ -1,17 +1,50 @@
-"""What every EmoStream HTTP service shares: JSON errors, /metrics, JSON bodies."""
+"""What every EmoStream HTTP service shares: JSON errors, /healthz, /metrics, JSON bodies."""
 
 from __future__ import annotations
 
 import gc
 import logging
 import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from flask import Flask, Response, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from werkzeug.exceptions import BadRequest, HTTPException
+from werkzeug.serving import BaseWSGIServer, make_server
 
 log = logging.getLogger(__name__)
+
+# The status words of every service's /healthz: serving, not yet serving, or not serving.
+OK = "ok"
+STARTING = "starting"
+UNAVAILABLE = "unavailable"
+STATUSES = (OK, STARTING, UNAVAILABLE)
+
+
+@dataclass(frozen=True)
+class Health:
+    """A service's answer to /healthz: ``{"status": ..., **details}``, 200 when ok and 503 otherwise."""
+
+    status: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.status not in STATUSES:
+            raise ValueError(f"health status {self.status!r} is not one of {STATUSES}")
+
+    @classmethod
+    def of(cls, healthy: bool, unhealthy: str = UNAVAILABLE, **details: Any) -> Health:
+        return cls(OK if healthy else unhealthy, details)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == OK
+
+    def response(self) -> tuple[dict[str, Any], int]:
+        return {"status": self.status, **self.details}, 200 if self.ok else 503
 
 
 def install_json_errors(app: Flask) -> None:
@@ -72,3 +105,41 @@ def tune_gc() -> None:
     """
     gc.freeze()
     gc.set_threshold(10_000, 10, 100)
+
+
+def ops_app(name: str, health: Callable[[], Health], registry: CollectorRegistry) -> Flask:
+    """A Flask app with only /healthz and /metrics, for services whose work is not HTTP."""
+    app = Flask(name)
+    install_json_errors(app)
+
+    @app.get("/healthz")
+    def healthz():
+        return health().response()
+
+    @app.get("/metrics")
+    def metrics():
+        return metrics_response(registry)
+
+    return app
+
+
+class OpsServer:
+    """/healthz and /metrics of a non-HTTP service, on a daemon thread. Port 0 picks a free port."""
+
+    def __init__(self, name: str, host: str, port: int, health: Callable[[], Health], registry: CollectorRegistry):
+        self._server: BaseWSGIServer = make_server(host, port, ops_app(name, health, registry), threaded=True)
+        self.host = host
+        self.port = self._server.server_port
+        self._thread = threading.Thread(target=self._server.serve_forever, name=f"{name}-ops", daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self) -> OpsServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

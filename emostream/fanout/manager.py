@@ -35,6 +35,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from emostream.fanout.membership import Membership, NodeState, parse_subscriber_id, subscriber_id
+from emostream.http import STARTING, Health
 from emostream.settings import ROOT, Settings
 from emostream.wire import now_ms
 
@@ -472,15 +473,17 @@ class SubscriberManager:
 
     # ----------------------------------------------------------------- running
 
-    def health(self) -> tuple[bool, dict[str, Any]]:
+    def health(self) -> Health:
         live = self.membership.live()
         expected = self.settings.clusters * self.settings.subscribers_per_cluster
-        return self.running, {
-            "live_nodes": len(live),
-            "expected_nodes": expected,
-            "topology_complete": len(live) >= expected,
-            "managed_nodes": sorted(self._launched),
-        }
+        return Health.of(
+            self.running,
+            STARTING,
+            live_nodes=len(live),
+            expected_nodes=expected,
+            topology_complete=len(live) >= expected,
+            managed_nodes=sorted(self._launched),
+        )
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -504,7 +507,8 @@ def serve(settings: Settings) -> None:
     """``python3 subscriber_manager.py``: bring up clusters × subscribers and keep them alive."""
     from emostream import kafka
     from emostream.fanout.membership import MembershipWatcher
-    from emostream.fanout.ops import OpsServer, ensure_fanout_topics, raise_open_files_limit
+    from emostream.fanout.ops import ensure_fanout_topics, raise_open_files_limit
+    from emostream.http import OpsServer
 
     raise_open_files_limit()
     ensure_fanout_topics(settings)

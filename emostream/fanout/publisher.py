@@ -26,6 +26,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from emostream import kafka
 from emostream.fanout.membership import Membership, MembershipWatcher, topic_partitions
 from emostream.fanout.socketio_kafka import EMOJI_UPDATE, NAMESPACE, KafkaClientManager, channel_topic
+from emostream.http import STARTING, Health
 from emostream.settings import Settings
 from emostream.wire import InvalidMessage, aggregate_key, now_ms, validate_aggregate
 
@@ -151,9 +152,9 @@ class MainPublisher(_Loop):
             lambda: len(self.watcher.membership.live())
         )
 
-    def health(self) -> tuple[bool, dict[str, Any]]:
+    def health(self) -> Health:
         ready = self.watcher.ready and self.running
-        return ready, {"membership_ready": self.watcher.ready, "consuming": self.running}
+        return Health.of(ready, STARTING, membership_ready=self.watcher.ready, consuming=self.running)
 
     def run(self) -> None:
         """Consume until :meth:`request_stop`; commit what was routed; close."""
@@ -243,8 +244,8 @@ class ClusterPublisher(_Loop):
             registry=self.registry,
         ).labels(str(cluster))
 
-    def health(self) -> tuple[bool, dict[str, Any]]:
-        return self.running, {"cluster": self.cluster, "consuming": self.running}
+    def health(self) -> Health:
+        return Health.of(self.running, STARTING, cluster=self.cluster, consuming=self.running)
 
     def run(self) -> None:
         consumer = kafka.consumer(
@@ -292,7 +293,8 @@ def serve(settings: Settings, cluster: int | None = None, metrics_port: int | No
     """
     import signal
 
-    from emostream.fanout.ops import OpsServer, ensure_fanout_topics
+    from emostream.fanout.ops import ensure_fanout_topics
+    from emostream.http import OpsServer
 
     ensure_fanout_topics(settings)
     if cluster is None:
