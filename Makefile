@@ -1,5 +1,5 @@
 # EmoStream: the two commands are `make run` and `make test`.
-.PHONY: setup run test test-all test-quick lint format bench kafka-start kafka-stop topics clean
+.PHONY: setup run test test-all test-quick lint format kafka-start kafka-stop topics clean
 
 setup:           ## venv, Python packages, Maven jars, npm packages
 	bin/setup
@@ -13,8 +13,8 @@ test:            ## the suite CI runs (starts its own broker and Spark)
 test-all:        ## everything, the long fault runs too
 	bin/test -m ""
 
-test-quick:      ## unit tests only: no broker, no Spark
-	bin/test tests/unit
+test-quick:      ## unit tests only: no broker, no Spark (the spark-marked ones are left out), no browser
+	bin/setup && .venv/bin/python -m pytest tests/unit -m "not spark"
 
 lint:
 	bin/setup && .venv/bin/ruff check . && .venv/bin/ruff format --check .

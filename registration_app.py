@@ -12,21 +12,7 @@ if __name__ == "__main__":
 
     monkey.patch_all()
 
-import sys  # noqa: E402
-
-from emostream import logs  # noqa: E402
-from emostream.fanout.registration import create_app, serve  # noqa: E402
-from emostream.settings import Settings  # noqa: E402
-
-__all__ = ["create_app", "main"]
-
-
-def main() -> int:
-    settings = Settings.from_env()
-    logs.configure(settings)
-    serve(settings)
-    return 0
-
+from emostream.fanout.registration import main  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

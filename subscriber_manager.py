@@ -8,21 +8,7 @@ to a cluster whose nodes are all above the threshold and retires idle extra ones
 (emostream/fanout/manager.py). /healthz and /metrics on EMOSTREAM_MANAGER_PORT.
 """
 
-import sys
-
-from emostream import logs
-from emostream.fanout.manager import LoadBalancer, NodeLauncher, SubscriberManager, serve
-from emostream.settings import Settings
-
-__all__ = ["LoadBalancer", "NodeLauncher", "SubscriberManager", "main"]
-
-
-def main() -> int:
-    settings = Settings.from_env()
-    logs.configure(settings)
-    serve(settings)
-    return 0
-
+from emostream.fanout.manager import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -11,26 +11,7 @@ from gevent import monkey
 
 monkey.patch_all()
 
-import argparse  # noqa: E402
-import sys  # noqa: E402
-
-from emostream import logs  # noqa: E402
-from emostream.fanout import node  # noqa: E402
-from emostream.settings import Settings  # noqa: E402
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="EmoStream subscriber node")
-    parser.add_argument("--cluster", type=int, default=0, help="cluster of this node (default 0)")
-    parser.add_argument("--id", dest="subscriber_id", help="subscriber id like c0-s1 (default c<cluster>-s0)")
-    parser.add_argument("--port", type=int, default=None, help="port; 0 picks a free one")
-    args = parser.parse_args(argv)
-
-    settings = Settings.from_env()
-    logs.configure(settings)
-    node.serve(settings, args.subscriber_id or f"c{args.cluster}-s0", args.cluster, args.port)
-    return 0
-
+from emostream.fanout.node import main  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

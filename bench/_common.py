@@ -1,4 +1,9 @@
-"""What the benchmarks share: a Kafka broker of their own, wrk, child processes and their cost."""
+"""What the benchmarks share: a Kafka broker of their own, wrk, child processes and their cost.
+
+The benches run as scripts (``.venv/bin/python bench/NAME.py``), so they import this module as
+``_common`` from their own folder; ``emostream`` and ``tests.harness`` come from the project's
+editable install (bin/setup).
+"""
 
 from __future__ import annotations
 
@@ -22,11 +27,13 @@ WRK_RESULT = "WRK_RESULT "
 
 @contextmanager
 def kafka_for_bench(bootstrap: str | None, work: Path, heap: str = "512m", kill: bool = False) -> Iterator[str]:
-    """``bootstrap`` when one is given, else a broker of the bench's own on free ports under ``work``.
+    """``bootstrap`` when one is given, else EMOSTREAM_KAFKA_BOOTSTRAP when it is set, else a
+    broker of the bench's own on free ports under ``work``.
 
     The bench's own broker is stopped when the block ends (with SIGKILL when ``kill``: its
     data is thrown away anyway).
     """
+    bootstrap = bootstrap or os.environ.get("EMOSTREAM_KAFKA_BOOTSTRAP")
     if bootstrap:
         yield bootstrap
         return
@@ -132,3 +139,28 @@ def run_wrk(wrk: str, url: str, script: Path, connections: int, seconds: float, 
     if result is None:
         raise RuntimeError(f"wrk printed no result:\n{done.stdout}\n{done.stderr}")
     return result
+
+
+# The commit the efficiency work started from: the default same-run baseline of the benches
+# that compare this code with earlier code (--baseline-rev).
+BASELINE_REV = "25343af25179373be514062a42326f2e56425757"
+
+
+@contextmanager
+def baseline_checkout(rev: str, work: Path) -> Iterator[Path]:
+    """A git worktree of ``rev`` under ``work``, removed at the end.
+
+    Its top-level scripts import the ``emostream`` beside them (a script's folder comes first
+    on the module path), so the baseline's services run the baseline's code; the Kafka and
+    Spark jars are this checkout's, named by the settings the services are given.
+    """
+    path = work / f"baseline-{rev[:12]}"
+    added = subprocess.run(
+        ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(path), rev], capture_output=True, text=True
+    )
+    if added.returncode != 0:
+        raise SystemExit(f"cannot check out the baseline {rev}: {added.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(path)], capture_output=True)

@@ -29,16 +29,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from kafka.errors import KafkaError  # noqa: E402
-
-from emostream import kafka  # noqa: E402
-from emostream.devstack.clusters import KafkaCluster  # noqa: E402
-from emostream.devstack.broker import BrokerNode  # noqa: E402
-from emostream.settings import Settings  # noqa: E402
-from tests.harness.support import free_port  # noqa: E402
+from emostream import kafka
+from emostream.devstack.broker import BrokerNode
+from emostream.devstack.kafka_cluster import KafkaCluster
+from emostream.settings import Settings
+from tests.harness.support import free_port
 
 EMOJI = ("🔥", "👏", "😂", "😮")
 
@@ -158,12 +153,13 @@ def wait_for_isr_without(settings: Settings, node_id: int, timeout: float = 120)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            client = kafka.admin(settings)
-            try:
-                (topic,) = client.describe_topics([settings.emoji_topic])
-            finally:
-                client.close()
-        except KafkaError:  # the admin client may have picked the dead node
+            with kafka.translate_errors():
+                client = kafka.admin(settings)
+                try:
+                    (topic,) = client.describe_topics([settings.emoji_topic])
+                finally:
+                    client.close()
+        except kafka.KafkaError:  # the admin client may have picked the dead node
             topic = {"partitions": [{"isr_nodes": [node_id], "leader_id": -1}]}
         if all(node_id not in p["isr_nodes"] and p["leader_id"] >= 0 for p in topic["partitions"]):
             return

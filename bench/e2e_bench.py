@@ -2,15 +2,23 @@
 
     .venv/bin/python bench/e2e_bench.py                          1,000 viewers, 2,000 emoji/s, 60 s
     .venv/bin/python bench/e2e_bench.py --viewers 200 --rate 500 --duration 20
+    .venv/bin/python bench/e2e_bench.py --baseline-rev HEAD~3      another baseline commit
     .venv/bin/python bench/e2e_bench.py --warmup 0                 measure from a cold start
 
-Runs the crowd twice in the same invocation: the processor at its default 500 ms trigger, and
-the baseline at a 2 s trigger. Prints sustained emoji/s, end-to-end latency (probe tap → first
-aggregate counting it) p50/p95/p99, loss, and CPU seconds and peak memory per component.
+Runs the same crowd against two stacks on the same broker, one after the other: the baseline,
+the services of an earlier commit (--baseline-rev, by default the commit the efficiency work
+started from) run from a git worktree of it, then this checkout's. Prints for both the CPU
+seconds and peak memory of each service, end-to-end latency (probe tap → first aggregate
+counting it) p50/p95/p99 with its split by stage, and the books (windows exact, lost, twice),
+then, as its last line, this code against the baseline:
+
+    e2e: cpu_ratio=<this/baseline whole stack> p50_ratio=<…> p99_ratio=<…> lost=<n> twice=<n>
+
 Each stack first carries the same crowd on another event for --warmup seconds (default 30),
 unmeasured: a live stack has been running before an event starts, while a fresh processor JVM
 spends its first minute compiling Spark's code. --warmup 0 measures the cold start.
-Starts its own broker on a free port; everything binds 127.0.0.1 and stops at the end.
+Kafka is EMOSTREAM_KAFKA_BOOTSTRAP when it is set, else a broker of its own on a free port;
+everything binds 127.0.0.1 and stops at the end.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import functools
 import shutil
 import sys
 import tempfile
@@ -25,13 +34,15 @@ import uuid
 from pathlib import Path
 
 import psutil
+from _common import BASELINE_REV, baseline_checkout, kafka_for_bench, process_tree, tree_cpu_seconds
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from emostream.clients.crowd import Crowd, CrowdPlan, parse_mix
+from emostream.clients.probes import STAGES
+from emostream.settings import ROOT, Settings
+from tests.harness.stack import Stack, running_stack, unique_stack_settings
 
-from bench._common import kafka_for_bench, process_tree, tree_cpu_seconds  # noqa: E402
-from emostream.settings import Settings  # noqa: E402
-from emostream.clients.simulator import STAGES, Crowd, CrowdPlan, parse_mix  # noqa: E402
-from tests.harness.stack import Stack, running_stack, unique_stack_settings  # noqa: E402
+CURRENT = "this code"
+BASELINE = "baseline"
 
 
 class Usage:
@@ -98,19 +109,18 @@ async def measure(stack: Stack, args: argparse.Namespace) -> tuple[dict, dict]:
     return report, usage.report()
 
 
-def run_config(name: str, trigger_ms: int, base: Settings, work: Path, args) -> tuple[dict, dict]:
-    state = work / f"stack-{trigger_ms}ms"
+def run_config(name: str, root: Path, base: Settings, work: Path, args) -> tuple[dict, dict]:
+    state = work / f"stack-{len(list(work.glob('stack-*')))}"
     settings = unique_stack_settings(
         base,
         state,
         clusters=3,
         subscribers_per_cluster=3,
-        trigger_ms=trigger_ms,
         ingest_workers=2,
         rate_limit_per_user=1000.0,
         rate_burst_per_user=1000,
     )
-    with running_stack(settings, state, timeout=300) as stack:
+    with running_stack(settings, state, timeout=300, kind=functools.partial(Stack, root=root)) as stack:
         print(
             f"[{name}] stack up; crowd of {args.viewers} viewers at {args.rate:.0f} emoji/s for {args.duration:.0f} s"
             f" after {args.warmup:.0f} s of warm-up",
@@ -127,6 +137,9 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=10, help="emoji per request from the crowd")
     parser.add_argument("--warmup", type=float, default=30.0, help="seconds of unmeasured crowd first (0: none)")
     parser.add_argument("--keep", action="store_true", help="keep the services' logs and state")
+    parser.add_argument(
+        "--baseline-rev", default=BASELINE_REV, help="commit whose services are the baseline (default: %(default).12s)"
+    )
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="emostream-e2e-bench-"))
@@ -140,8 +153,9 @@ def main() -> int:
                 spark_ui=False,
                 token_secret=uuid.uuid4().hex,
             )
-            for name, trigger in (("trigger 500 ms", 500), ("baseline: trigger 2 s", 2000)):
-                results[name] = run_config(name, trigger, base, work, args)
+            with baseline_checkout(args.baseline_rev, work) as baseline_root:
+                results[BASELINE] = run_config(BASELINE, baseline_root, base, work, args)
+            results[CURRENT] = run_config(CURRENT, ROOT, base, work, args)
     finally:
         if args.keep:
             print(f"kept the services' logs and state in {work}")
@@ -172,7 +186,27 @@ def main() -> int:
     for name, (_, usage) in results.items():
         for script, (cpu, rss) in usage.items():
             print(f"| {name} | {script} | {cpu:.1f} | {rss / 2**20:.0f} |")
+        print(f"| {name} | whole stack | {sum(cpu for cpu, _ in usage.values()):.1f} | |")
+    print()
+    print(last_line(results[CURRENT], results[BASELINE]))
     return 0
+
+
+def last_line(current: tuple[dict, dict], baseline: tuple[dict, dict]) -> str:
+    """The comparison other tools read: this code over the baseline, and this code's books."""
+    (report, usage), (base_report, base_usage) = current, baseline
+
+    def ratio(this: float | None, base: float | None) -> str:
+        return "n/a" if not this or not base else f"{this / base:.2f}"
+
+    cpu = sum(seconds for seconds, _ in usage.values())
+    base_cpu = sum(seconds for seconds, _ in base_usage.values())
+    latency, base_latency = report["latency_ms"], base_report["latency_ms"]
+    return (
+        f"e2e: cpu_ratio={ratio(cpu, base_cpu)} p50_ratio={ratio(latency['p50'], base_latency['p50'])}"
+        f" p99_ratio={ratio(latency['p99'], base_latency['p99'])}"
+        f" lost={report['emoji_lost']} twice={report['emoji_extra']}"
+    )
 
 
 if __name__ == "__main__":

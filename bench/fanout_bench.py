@@ -4,7 +4,7 @@
     .venv/bin/python bench/fanout_bench.py --viewers 1000,3000,6000 --clusters 3 --nodes 3 --rounds 3
 
 Each scenario (the baseline, a single subscriber node, and the fan-out topology)
-starts registration, the main publisher and subscriber_manager.py (which runs the
+starts registration, the main publisher and the subscriber manager (which runs the
 nodes and cluster publishers) on free ports with topics of its own, and connects
 viewers from separate worker processes (asyncio) step by step up to each count in
 --viewers. At each step it publishes one aggregate per event every 500 ms to the
@@ -15,9 +15,9 @@ connection and CPU. The scenarios run side by side and are measured alternately,
 --rounds times per step.
 
 Bounded: at most 15,000 viewers, connected in waves, each step measured for
---duration seconds; every process it starts is stopped at the end. It needs a
-broker: the test broker (127.0.0.1:19092) unless EMOSTREAM_KAFKA_BOOTSTRAP says
-otherwise. The machine's load average is printed with every row: other work on
+--duration seconds; every process it starts is stopped at the end. Kafka is
+EMOSTREAM_KAFKA_BOOTSTRAP when it is set, else a broker of the bench's own on free
+ports. The machine's load average is printed with every row: other work on
 the same cores shows up directly in the delays.
 """
 
@@ -41,8 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from _common import kafka_for_bench
 
 PERIOD_SECONDS = 0.5  # one aggregate per event every 500 ms
 
@@ -139,8 +138,8 @@ class _SocketIOProtocol(asyncio.Protocol):
 class RawViewer:
     """A lean Socket.IO viewer: the same registration and protocol, without the client library.
 
-    python-socketio's AsyncClient (as in emostream.clients.viewer) spends about 90 us of CPU
-    per message (a task per packet, aiohttp, two decoding layers). With thousands of
+    python-socketio's AsyncClient (as in emostream.clients.viewer) spends far more CPU per
+    message (a task per packet, aiohttp, two decoding layers). With thousands of
     viewers on the same two cores as the servers, the load generator would then set
     the delays; this client reads frames straight off the socket and takes the
     arrival time first thing. ``--client viewer`` runs the full Viewer instead.
@@ -198,7 +197,9 @@ async def worker(args: argparse.Namespace) -> None:
 
     def record(viewer: Any, aggregate: dict[str, Any], received_at: float) -> None:
         emitted_at = aggregate.get("emitted_at", 0)
-        if measuring["from"] <= emitted_at <= measuring["to"]:
+        # Windows a node sends on admission (catch-up) come from its history, not the main
+        # publisher: they have no routed_at and no fan-out delay to measure.
+        if "routed_at" in aggregate and measuring["from"] <= emitted_at <= measuring["to"]:
             received_ms = received_at * 1000
             samples.append((received_ms - aggregate["routed_at"], received_ms - emitted_at))
             per_viewer[viewer.client_id] = per_viewer.get(viewer.client_id, 0) + 1
@@ -330,7 +331,9 @@ class Result:
 class Scenario:
     """One topology on free ports with its own topics, its processes and its viewer workers."""
 
-    def __init__(self, name: str, slug: str, clusters: int, nodes: int, args: argparse.Namespace, log_dir: Path):
+    def __init__(
+        self, name: str, slug: str, clusters: int, nodes: int, args: argparse.Namespace, log_dir: Path, bootstrap: str
+    ):
         from emostream import kafka
         from emostream.fanout.ops import ensure_fanout_topics
         from emostream.settings import Settings
@@ -341,7 +344,7 @@ class Scenario:
         self.args = args
         self.log_dir = log_dir
         self.settings = Settings.from_env(
-            kafka_bootstrap=os.environ.get("EMOSTREAM_KAFKA_BOOTSTRAP", "127.0.0.1:19092"),
+            kafka_bootstrap=bootstrap,
             aggregate_topic=f"bench_aggregates.{tag}",
             membership_topic=f"bench_subscribers.{tag}",
             cluster_topic_prefix=f"bench_cluster.{tag}.",
@@ -370,12 +373,11 @@ class Scenario:
     def registration(self) -> str:
         return f"http://127.0.0.1:{self.settings.registration_port}"
 
-    def _spawn(self, script: str) -> subprocess.Popen:
-        env = {**os.environ, **self.settings.to_env(), "PYTHONPATH": str(ROOT)}
-        log = open(self.log_dir / f"{self.slug}-{Path(script).stem}.log", "wb")
+    def _spawn(self, module: str) -> subprocess.Popen:
+        env = {**os.environ, **self.settings.to_env()}
+        log = open(self.log_dir / f"{self.slug}-{module.rsplit('.', 1)[-1]}.log", "wb")
         process = subprocess.Popen(
-            [sys.executable, str(ROOT / script)],
-            cwd=ROOT,
+            [sys.executable, "-m", module],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -387,9 +389,9 @@ class Scenario:
     def start(self) -> None:
         import requests
 
-        self._spawn("subscriber_manager.py")
-        self._spawn("registration_app.py")
-        self._spawn("pubsub_service.py")
+        self._spawn("emostream.fanout.manager")
+        self._spawn("emostream.fanout.registration")
+        self._spawn("emostream.fanout.publisher")
         expected = self.settings.clusters * self.settings.subscribers_per_cluster
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
@@ -408,9 +410,7 @@ class Scenario:
             command = [sys.executable, __file__, "--worker", "--registration", self.registration]
             command += ["--offset", str(n), "--events", str(self.args.events), "--wave", str(self.args.wave)]
             command += ["--client", self.args.client]
-            self.workers.append(
-                subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)
-            )
+            self.workers.append(subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
 
     def _ask(self, lines: list[str]) -> list[dict[str, Any]]:
         for worker_process, line in zip(self.workers, lines, strict=True):
@@ -528,12 +528,22 @@ def run(args: argparse.Namespace) -> int:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # inherited by every service
     log_dir = Path(tempfile.mkdtemp(prefix="fanout-bench-"))
+    with kafka_for_bench(None, log_dir, heap="384m", kill=True) as bootstrap:
+        results = measure_scenarios(args, log_dir, bootstrap)
+    print_table(results, args)
+    print(f"(service logs in {log_dir})")
+    return 0
+
+
+def measure_scenarios(args: argparse.Namespace, log_dir: Path, bootstrap: str) -> list[Result]:
     plans = [] if args.skip_baseline else [("baseline: 1 node", "baseline", 1, 1)]
     plans.append((f"fan-out: {args.clusters} x {args.nodes}", "fanout", args.clusters, args.nodes))
     # Both topologies run side by side and are measured in turn, round after round: on a
     # shared machine the load changes by the minute, and alternating keeps the
     # comparison with the baseline fair.
-    scenarios = [Scenario(name, slug, clusters, nodes, args, log_dir) for name, slug, clusters, nodes in plans]
+    scenarios = [
+        Scenario(name, slug, clusters, nodes, args, log_dir, bootstrap) for name, slug, clusters, nodes in plans
+    ]
     results = []
     try:
         for scenario in scenarios:
@@ -548,9 +558,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         for scenario in scenarios:
             scenario.stop()
-    print_table(results, args)
-    print(f"(service logs in {log_dir})")
-    return 0
+    return results
 
 
 def print_table(results: list[Result], args: argparse.Namespace) -> None:
@@ -599,7 +607,10 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2, help="viewer worker processes")
     parser.add_argument("--wave", type=int, default=100, help="viewers a worker connects at once")
     parser.add_argument(
-        "--client", choices=("raw", "viewer"), default="raw", help="lean protocol client or emostream.clients.viewer.Viewer"
+        "--client",
+        choices=("raw", "viewer"),
+        default="raw",
+        help="lean protocol client or emostream.clients.viewer.Viewer",
     )
     parser.add_argument("--skip-baseline", action="store_true")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)

@@ -12,7 +12,8 @@ One ingest (``python3 app.py``, default workers) on a free port. Two phases in t
 
 The table compares the polite users' latency between the phases and shows how the flood was
 answered (mostly 429). The tests assert correctness (tests/security/test_flood.py); only this
-bench talks about time. Kafka is a broker of the bench's own unless ``--bootstrap`` names one.
+bench talks about time. Kafka is ``--bootstrap``, else EMOSTREAM_KAFKA_BOOTSTRAP, else a broker
+of the bench's own.
 """
 
 from __future__ import annotations
@@ -29,15 +30,12 @@ import time
 import uuid
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import requests
+from _common import ensure_wrk, free_port, kafka_for_bench, start_wrk, stop_process_group, wrk_result
 
-import requests  # noqa: E402
-
-from bench._common import ensure_wrk, free_port, kafka_for_bench, start_wrk, stop_process_group, wrk_result  # noqa: E402
-from emostream import kafka  # noqa: E402
-from emostream.settings import Settings  # noqa: E402
-from emostream.wire import now_ms  # noqa: E402
+from emostream import kafka
+from emostream.settings import ROOT, Settings
+from emostream.wire import now_ms
 
 FLOOD_SCRIPT = r"""
 local body = '%(body)s'
@@ -102,7 +100,9 @@ def main() -> int:
     parser.add_argument("--interval", type=float, default=0.2, help="seconds between a polite user's emoji")
     parser.add_argument("--flood-connections", type=int, default=32)
     parser.add_argument("--flood-batch", type=int, default=50, help="emoji per flood request")
-    parser.add_argument("--bootstrap", help="use this Kafka instead of starting a private broker")
+    parser.add_argument(
+        "--bootstrap", help="use this Kafka (default: EMOSTREAM_KAFKA_BOOTSTRAP, else a private broker)"
+    )
     args = parser.parse_args()
 
     wrk = ensure_wrk()
@@ -127,7 +127,7 @@ def run(args: argparse.Namespace, wrk: str, work: Path, bootstrap: str) -> int:
         ingest = subprocess.Popen(
             [sys.executable, str(ROOT / "app.py")],
             cwd=ROOT,
-            env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), **settings.to_env()},
+            env={"PATH": "/usr/bin:/bin", **settings.to_env()},
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,

@@ -15,8 +15,8 @@ The load generator is wrk (C + LuaJIT, Debian package ``wrk``): a Python client 
 two cores could not produce the target load without taking the CPU the server needs. When
 wrk is missing and this runs as root on Debian, it is installed with apt-get.
 
-Kafka is a broker of the benchmark's own (started on free ports in a temporary folder and
-stopped at the end) unless ``--bootstrap`` names one. Results also go to bench/results/.
+Kafka is ``--bootstrap``, else EMOSTREAM_KAFKA_BOOTSTRAP, else a broker of the benchmark's own
+(started on free ports in a temporary folder and stopped at the end). Results also go to bench/results/.
 """
 
 from __future__ import annotations
@@ -33,14 +33,11 @@ import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import requests
+from _common import ensure_wrk, free_port, kafka_for_bench, run_wrk, stop_process_group, tree_cpu_seconds
 
-import requests  # noqa: E402
-
-from bench._common import ensure_wrk, free_port, kafka_for_bench, run_wrk, stop_process_group, tree_cpu_seconds  # noqa: E402
-from emostream import kafka  # noqa: E402
-from emostream.settings import Settings  # noqa: E402
+from emostream import kafka
+from emostream.settings import ROOT, Settings
 
 # wrk script: a pool of ready-made requests, each with emoji of users no other request uses;
 # responses are counted by status so accepted emoji are exact.
@@ -121,15 +118,7 @@ class Result:
 
 
 def produced_count(settings: Settings) -> int:
-    from kafka import TopicPartition
-
-    consumer = kafka.consumer(settings)
-    try:
-        partitions = consumer.partitions_for_topic(settings.emoji_topic) or set()
-        ends = consumer.end_offsets([TopicPartition(settings.emoji_topic, p) for p in partitions])
-        return sum(ends.values())
-    finally:
-        consumer.close()
+    return sum(kafka.end_offsets(settings, settings.emoji_topic).values())
 
 
 def counters(url: str) -> dict[str, float]:
@@ -162,7 +151,7 @@ def drained(url: str, timeout: float = 120.0) -> dict[str, float]:
 
 
 def start_ingest(settings: Settings, dev: bool, log_path: Path) -> subprocess.Popen:
-    env = {**os.environ, **settings.to_env(), "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, **settings.to_env()}
     command = [sys.executable, str(ROOT / "app.py")] + (["--dev"] if dev else [])
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
@@ -290,7 +279,9 @@ def main() -> int:
     parser.add_argument(
         "--no-journal", action="store_true", help="answer 202 without the write-ahead journal (to see what it costs)"
     )
-    parser.add_argument("--bootstrap", help="use this Kafka instead of starting a private broker")
+    parser.add_argument(
+        "--bootstrap", help="use this Kafka (default: EMOSTREAM_KAFKA_BOOTSTRAP, else a private broker)"
+    )
     args = parser.parse_args()
     if not (1 <= args.seconds <= 120 and 1 <= args.connections <= 1024):
         raise SystemExit("--seconds must be 1-120 and --connections 1-1024")

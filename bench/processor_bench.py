@@ -1,33 +1,40 @@
-"""How fast the emoji processor catches up, and how its micro-batches behave under steady load.
+"""How fast the emoji processor catches up, and what its micro-batches cost under steady load.
 
-    .venv/bin/python bench/processor_bench.py                  # 2 M backlog, then 20 k emoji/s for 60 s
-    .venv/bin/python bench/processor_bench.py --emoji 500000 --steady-seconds 20 --configs tuned
+    .venv/bin/python bench/processor_bench.py                  # 2 M backlog, then 2,000 and 20,000 emoji/s
+    .venv/bin/python bench/processor_bench.py --emoji 500000 --steady-seconds 30 --rates 2000
+    .venv/bin/python bench/processor_bench.py --configs current,one,default-200
 
 For each configuration, on topics of its own:
  1. pre-load ``emoji_topic`` with N emoji (received_at spread as if ingest took them at
     the steady rate while the processor was down), through Kafka's console producer;
- 2. start the processor (``emoji_processor.create_processor``, the same query the script
+ 2. start the processor of that configuration's checkout (the same ``Processor`` the script
     runs, in a child process with its own JVM) and time how long it takes to count them;
- 3. send new emoji at a steady rate for a bounded time and record every micro-batch's
-    duration against the trigger interval;
+ 3. for each steady rate in turn, send new emoji at that rate for a bounded time and record
+    every micro-batch's duration against the trigger interval and the JVM's cores;
  4. stop it with SIGTERM; meanwhile the driver JVM's CPU time and peak resident memory
     (VmHWM) are sampled.
 
-Configurations: ``tuned`` (spark.sql.shuffle.partitions = cores, the project's default)
-and the same-run baseline ``default-200`` (Spark's default of 200 partitions).
+Configurations: ``current`` (this checkout), ``baseline`` (the processor of --baseline-rev,
+by default the commit the efficiency work started from, run from a git worktree of it on the
+same broker), ``one`` and ``default-200`` (this checkout with one, or Spark's default of 200,
+shuffle partitions). The last line compares current with baseline:
+
+    processor: cores_<rate>_ratio=<current/baseline> ... p95_<rate>_ratio=<…> ... within_trigger_<rate>=<n>/<m> ...
+
 Timings come from Spark's own progress reports. The machine's load average is printed:
 on shared cores wall-clock rates fall with other work, the CPU-time figures much less.
-The broker is EMOSTREAM_KAFKA_BOOTSTRAP; the bench deletes its topics when it ends.
+The broker is EMOSTREAM_KAFKA_BOOTSTRAP when it is set (the bench deletes its topics when it
+ends), else a broker of the bench's own on free ports.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -40,12 +47,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from _common import BASELINE_REV, baseline_checkout, free_port, kafka_for_bench, stop_process_group
 
-from bench._common import free_port, stop_process_group  # noqa: E402
-from emostream import kafka  # noqa: E402
-from emostream.settings import Settings  # noqa: E402
+from emostream import kafka
+from emostream.settings import ROOT, Settings
 
 EVENTS = 10
 USERS = 50_000
@@ -142,40 +147,57 @@ class SteadyLoad(threading.Thread):
 # --------------------------------------------------------------------------- the processor under test
 
 
-def worker(progress_path: str) -> int:
-    """Child process: the processor, plus a listener that appends every progress report to a file."""
-    import emoji_processor
-    from emostream import logs
-    from emostream.processor.service import JsonProgressListener
+# The child process: the checkout's processor, plus a listener that appends every progress report
+# to a file. It runs as ``python -c`` in the checkout's folder, so it imports that checkout's
+# ``emostream``: this one, or a baseline's from before the processor had a package of its own.
+WORKER = """
+import signal, sys, threading
+from emostream import logs
+from emostream.settings import Settings
+try:
+    from emostream.processor.service import JsonProgressListener, Processor
     from emostream.processor.spark import session
 
-    settings = Settings.from_env()
-    logs.configure(settings)
-    spark = session(settings, app_name="emostream-processor-bench")
-    out = open(progress_path, "a", buffering=1)
+    def start(spark, settings):
+        return Processor(spark, settings).start()
+except ImportError:
+    from emostream.processor_service import JsonProgressListener
+    from emostream.spark import session
+    import emoji_processor
 
-    class ProgressLog(JsonProgressListener):
-        def onQueryStarted(self, event: Any) -> None:
-            pass
+    def start(spark, settings):
+        return emoji_processor.create_processor(spark, settings)
 
-        def onQueryProgress(self, event: Any) -> None:
-            out.write(event.progress.json.replace("\n", " ") + "\n")
+settings = Settings.from_env()
+logs.configure(settings)
+spark = session(settings, app_name="emostream-processor-bench")
+out = open(sys.argv[1], "a", buffering=1)
 
-        def onQueryIdle(self, event: Any) -> None:
-            pass
+class ProgressLog(JsonProgressListener):
+    def onQueryStarted(self, event):
+        pass
 
-        def onQueryTerminated(self, event: Any) -> None:
-            pass
+    def onQueryProgress(self, event):
+        out.write(event.progress.json.replace("\\n", " ") + "\\n")
 
-    spark.streams.addListener(ProgressLog())
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    processor = emoji_processor.create_processor(spark, settings)
-    try:
-        return processor.run_until(stop)
-    finally:
-        processor.stop()
-        spark.stop()
+    def onQueryIdle(self, event):
+        pass
+
+    def onQueryTerminated(self, event):
+        pass
+
+spark.streams.addListener(ProgressLog())
+stop = threading.Event()
+signal.signal(signal.SIGTERM, lambda *_: stop.set())
+signal.signal(signal.SIGINT, lambda *_: stop.set())
+processor = start(spark, settings)
+try:
+    code = processor.run_until(stop)
+finally:
+    processor.stop()
+    spark.stop()
+sys.exit(code)
+"""
 
 
 def driver_jvm(parent_pid: int) -> Any:
@@ -263,6 +285,18 @@ def metric(port: int, name: str) -> float:
 
 
 @dataclass
+class Steady:
+    """The micro-batches of one steady rate."""
+
+    rate: int
+    sent_rate: float = NAN
+    batches: list[float] = field(default_factory=list)
+    rows_per_s: float = NAN
+    cores: float = NAN
+    breakdown: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
 class Result:
     name: str
     partitions: int
@@ -273,17 +307,22 @@ class Result:
     catchup_cpu_seconds: float = NAN
     accepted: int = 0
     dead_letters: float = NAN
-    sent_rate: float = NAN
-    steady_batches: list[float] = field(default_factory=list)
-    steady_rows_per_s: float = NAN
-    steady_cores: float = NAN
-    breakdown: dict[str, float] = field(default_factory=dict)
+    steady: list[Steady] = field(default_factory=list)
     jvm_peak_mb: float | None = None
     notes: list[str] = field(default_factory=list)
 
+    def at(self, rate: int) -> Steady | None:
+        return next((steady for steady in self.steady if steady.rate == rate), None)
+
 
 def run_configuration(
-    base: Settings, name: str, partitions: int, args: argparse.Namespace, scratch: Path, created: list[Settings]
+    base: Settings,
+    name: str,
+    root: Path,
+    partitions: int,
+    args: argparse.Namespace,
+    scratch: Path,
+    created: list[Settings],
 ) -> Result:
     tag = f"bench-{name}-{uuid.uuid4().hex[:6]}"
     settings = base.replace(
@@ -301,8 +340,9 @@ def run_configuration(
     kafka.ensure_topics(settings)
     created.append(settings)
     result = Result(name, settings.effective_shuffle_partitions)
+    rates = args.rate_list
     say(f"[{name}] pre-loading {args.emoji:,} emoji into {settings.emoji_topic}")
-    result.preload_seconds = preload(settings, args.emoji, args.rate, args.poison_every)
+    result.preload_seconds = preload(settings, args.emoji, max(rates), args.poison_every)
 
     (scratch / tag).mkdir(parents=True)
     progress_path = scratch / tag / "progress.jsonl"
@@ -310,9 +350,9 @@ def run_configuration(
     launched = time.time()
     with open(log_path, "wb") as log_file:
         child = subprocess.Popen(
-            [sys.executable, __file__, "--worker", str(progress_path)],
-            env={**os.environ, **settings.to_env(), "PYTHONPATH": str(ROOT)},
-            cwd=ROOT,
+            [sys.executable, "-c", WORKER, str(progress_path)],
+            env={**os.environ, **settings.to_env()},
+            cwd=root,
             stdout=log_file,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -335,23 +375,14 @@ def run_configuration(
             result.catchup_batches = last["batchId"] - first["batchId"] + 1
             result.catchup_cpu_seconds = monitor.cpu_between(batch_start(first), batch_end(last))
             result.startup_seconds = batch_start(first) - launched
-        result.accepted = sum(int(p.get("observedMetrics", {}).get("records", {}).get("accepted", 0)) for p in progress)
 
-        say(f"[{name}] steady load: {args.rate:,} emoji/s for {args.steady_seconds:.0f} s")
-        load = SteadyLoad(settings, args.rate, args.steady_seconds)
-        load.start()
-        load.join()
-        time.sleep(2 * args.trigger_ms / 1000)
-        result.sent_rate = load.sent / (load.ended_at - load.started_at)
-        window_start = load.started_at + args.warmup_seconds
-        steady = [p for p in read_progress(progress_path) if window_start <= batch_start(p) <= load.ended_at]
-        result.steady_batches = [p["batchDuration"] / 1000 for p in steady]
-        if steady:
-            span = load.ended_at - window_start
-            result.steady_rows_per_s = sum(p["numInputRows"] for p in steady) / span
-            result.steady_cores = monitor.cpu_between(window_start, load.ended_at) / span
-            parts = ("latestOffset", "queryPlanning", "addBatch", "walCommit", "commitOffsets")
-            result.breakdown = {part: statistics.mean(p["durationMs"].get(part, 0) for p in steady) for part in parts}
+        for rate in rates:
+            say(f"[{name}] steady load: {rate:,} emoji/s for {args.steady_seconds:.0f} s")
+            result.steady.append(steady_phase(settings, rate, args, progress_path, monitor))
+        result.accepted = sum(
+            int(p.get("observedMetrics", {}).get("records", {}).get("accepted", 0))
+            for p in read_progress(progress_path)
+        )
         if args.poison_every:
             result.dead_letters = wait_for_dead_letters(
                 settings.processor_metrics_port, args.emoji // args.poison_every
@@ -361,6 +392,26 @@ def run_configuration(
         stop_process_group(child)
         result.jvm_peak_mb = monitor.peak_mb
     return result
+
+
+def steady_phase(
+    settings: Settings, rate: int, args: argparse.Namespace, progress_path: Path, monitor: JvmMonitor
+) -> Steady:
+    load = SteadyLoad(settings, rate, args.steady_seconds)
+    load.start()
+    load.join()
+    time.sleep(2 * args.trigger_ms / 1000)
+    steady = Steady(rate, sent_rate=load.sent / (load.ended_at - load.started_at))
+    window_start = load.started_at + args.warmup_seconds
+    batches = [p for p in read_progress(progress_path) if window_start <= batch_start(p) <= load.ended_at]
+    steady.batches = [p["batchDuration"] / 1000 for p in batches]
+    if batches:
+        span = load.ended_at - window_start
+        steady.rows_per_s = sum(p["numInputRows"] for p in batches) / span
+        steady.cores = monitor.cpu_between(window_start, load.ended_at) / span
+        parts = ("latestOffset", "queryPlanning", "addBatch", "walCommit", "commitOffsets")
+        steady.breakdown = {part: statistics.mean(p["durationMs"].get(part, 0) for p in batches) for part in parts}
+    return steady
 
 
 def catchup_span(progress: list[dict[str, Any]], backlog: int) -> tuple[dict | None, dict | None]:
@@ -399,27 +450,37 @@ def report(results: list[Result], args: argparse.Namespace, load_before: str, lo
     trigger = args.trigger_ms / 1000
     cores = os.cpu_count() or 2
     print()
-    print(f"Emoji processor: {args.emoji:,} emoji backlog, then {args.rate:,} emoji/s for {args.steady_seconds:.0f} s")
+    rates = " and ".join(f"{rate:,}" for rate in args.rate_list)
+    print(f"Emoji processor: {args.emoji:,} emoji backlog, then {rates} emoji/s for {args.steady_seconds:.0f} s each")
     print(
         f"trigger {args.trigger_ms} ms; {cores} cores shared with other work, load average {load_before} → {load_after}"
     )
     print()
+    header = f"{'configuration':<14}{'shuffle':>8}{'catch-up/s':>12}{'batches':>9}{'CPU s':>8}{'CPU-bound/s':>13}{'JVM MB':>8}"
+    print(header)
+    print("-" * len(header))
+    for r in results:
+        print(
+            f"{r.name:<14}{r.partitions:>8}{r.catchup_rate:>12,.0f}{r.catchup_batches:>9}"
+            f"{r.catchup_cpu_seconds:>8.1f}{args.emoji * cores / r.catchup_cpu_seconds:>13,.0f}"
+            f"{(r.jvm_peak_mb or NAN):>8,.0f}"
+        )
+    print()
     header = (
-        f"{'configuration':<14}{'shuffle':>8}{'catch-up/s':>12}{'batches':>9}{'CPU s':>8}{'CPU-bound/s':>13}"
-        f"{'sent/s':>9}{'p50 s':>8}{'p95 s':>8}{'max s':>8}{'≤ trigger':>11}{'rows/s':>9}{'cores':>7}{'JVM MB':>8}"
+        f"{'configuration':<14}{'rate':>8}{'sent/s':>9}{'p50 s':>8}{'p95 s':>8}{'max s':>8}"
+        f"{'≤ trigger':>11}{'rows/s':>9}{'cores':>7}"
     )
     print(header)
     print("-" * len(header))
     for r in results:
-        batches = r.steady_batches
-        within = sum(1 for d in batches if d <= trigger)
-        print(
-            f"{r.name:<14}{r.partitions:>8}{r.catchup_rate:>12,.0f}{r.catchup_batches:>9}"
-            f"{r.catchup_cpu_seconds:>8.1f}{args.emoji * cores / r.catchup_cpu_seconds:>13,.0f}"
-            f"{r.sent_rate:>9,.0f}{percentile(batches, 50):>8.2f}{percentile(batches, 95):>8.2f}"
-            f"{max(batches, default=NAN):>8.2f}{f'{within}/{len(batches)}':>11}{r.steady_rows_per_s:>9,.0f}"
-            f"{r.steady_cores:>7.2f}{(r.jvm_peak_mb or NAN):>8,.0f}"
-        )
+        for steady in r.steady:
+            batches = steady.batches
+            within = sum(1 for d in batches if d <= trigger)
+            print(
+                f"{r.name:<14}{steady.rate:>8,}{steady.sent_rate:>9,.0f}{percentile(batches, 50):>8.2f}"
+                f"{percentile(batches, 95):>8.2f}{max(batches, default=NAN):>8.2f}{f'{within}/{len(batches)}':>11}"
+                f"{steady.rows_per_s:>9,.0f}{steady.cores:>7.2f}"
+            )
     print()
     for r in results:
         line = f"{r.name}: first batch {r.startup_seconds:.1f} s after launch; pre-load {r.preload_seconds:.1f} s; "
@@ -427,9 +488,10 @@ def report(results: list[Result], args: argparse.Namespace, load_before: str, lo
         if args.poison_every:
             line += f"; dead letters written {r.dead_letters:,.0f} of {args.emoji // args.poison_every:,}"
         print(line + "".join(f"; {note}" for note in r.notes))
-        if r.breakdown:
-            split = ", ".join(f"{part} {ms:.0f}" for part, ms in r.breakdown.items())
-            print(f"{r.name}: steady micro-batch, mean ms: {split}")
+        for steady in r.steady:
+            if steady.breakdown:
+                split = ", ".join(f"{part} {ms:.0f}" for part, ms in steady.breakdown.items())
+                print(f"{r.name} at {steady.rate:,}/s: steady micro-batch, mean ms: {split}")
     print()
     print("catch-up/s: backlog / (end of the batch that read its last record - start of the first batch);")
     print("  CPU s: driver JVM CPU time over that span; CPU-bound/s: backlog x cores / CPU s, the rate if")
@@ -437,6 +499,30 @@ def report(results: list[Result], args: argparse.Namespace, load_before: str, lo
     print("p50/p95/max, ≤ trigger: durations of the batches that started during steady load after a")
     print(f"  {args.warmup_seconds:.0f} s warm-up; rows/s: what they read per second; cores: JVM CPU seconds")
     print("  per second meanwhile; JVM MB: the driver JVM's peak resident memory (VmHWM).")
+    by_name = {r.name: r for r in results}
+    if "current" in by_name and "baseline" in by_name:
+        print()
+        print(last_line(by_name["current"], by_name["baseline"], args))
+
+
+def last_line(current: Result, baseline: Result, args: argparse.Namespace) -> str:
+    """The comparison other tools read: this code's steady batches over the baseline's."""
+
+    def ratio(this: float, base: float) -> str:
+        return f"{this / base:.2f}" if math.isfinite(this) and math.isfinite(base) and base else "n/a"
+
+    parts = []
+    for rate in args.rate_list:
+        this, base = current.at(rate), baseline.at(rate)
+        if this is None or base is None:
+            continue
+        within = sum(1 for d in this.batches if d <= args.trigger_ms / 1000)
+        parts += [
+            f"cores_{rate}_ratio={ratio(this.cores, base.cores)}",
+            f"p95_{rate}_ratio={ratio(percentile(this.batches, 95), percentile(base.batches, 95))}",
+            f"within_trigger_{rate}={within}/{len(this.batches)}",
+        ]
+    return "processor: " + " ".join(parts)
 
 
 # --------------------------------------------------------------------------- main
@@ -467,34 +553,48 @@ def delete_topics(created: list[Settings]) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--emoji", type=int, default=2_000_000, help="backlog to pre-load (default 2,000,000)")
-    parser.add_argument("--rate", type=int, default=20_000, help="steady emoji per second (default 20,000)")
-    parser.add_argument("--steady-seconds", type=float, default=60.0, help="length of the steady phase (default 60)")
+    parser.add_argument(
+        "--rates", default="2000,20000", help="steady emoji per second, one phase each (default 2000,20000)"
+    )
+    parser.add_argument("--steady-seconds", type=float, default=60.0, help="length of each steady phase (default 60)")
     parser.add_argument("--warmup-seconds", type=float, default=5.0, help="steady batches ignored at first")
     parser.add_argument("--trigger-ms", type=int, default=500, help="processing-time trigger (default 500)")
     parser.add_argument("--catchup-timeout", type=float, default=300.0, help="give up on catch-up after this")
     parser.add_argument("--poison-every", type=int, default=0, help="make every Nth pre-loaded emoji unknown")
     parser.add_argument(
         "--configs",
-        default="tuned,default-200",
-        help="tuned, one (a single shuffle partition) and/or default-200, comma-separated",
+        default="baseline,current",
+        help="baseline, current, one (a single shuffle partition) and/or default-200, comma-separated",
+    )
+    parser.add_argument(
+        "--baseline-rev", default=BASELINE_REV, help="commit whose processor is the baseline (default: %(default).12s)"
     )
     parser.add_argument("--keep", action="store_true", help="keep the processor logs and progress files")
-    parser.add_argument("--worker", metavar="PROGRESS_FILE", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.worker:
-        return worker(args.worker)
+    args.rate_list = [int(rate) for rate in args.rates.split(",") if rate.strip()]
+    configs = [name.strip() for name in args.configs.split(",") if name.strip()]
+    partitions = {"baseline": 0, "current": 0, "one": 1, "default-200": 200}
+    unknown = set(configs) - set(partitions)
+    if unknown or not args.rate_list:
+        parser.error(f"unknown configurations {sorted(unknown)}" if unknown else "--rates names no rate")
 
-    partitions = {"tuned": 0, "one": 1, "default-200": 200}
-    base = Settings.from_env()
     created: list[Settings] = []
     results = []
     load_before = Path("/proc/loadavg").read_text().split()[0]
     scratch = Path(tempfile.mkdtemp(prefix="emostream-bench-"))
     try:
-        for name in args.configs.split(","):
-            results.append(run_configuration(base, name, partitions[name], args, scratch, created))
+        with contextlib.ExitStack() as stack:
+            bootstrap = stack.enter_context(kafka_for_bench(None, scratch, kill=True))
+            base = Settings.from_env(kafka_bootstrap=bootstrap)
+            try:
+                for name in configs:
+                    root = ROOT
+                    if name == "baseline":
+                        root = stack.enter_context(baseline_checkout(args.baseline_rev, scratch))
+                    results.append(run_configuration(base, name, root, partitions[name], args, scratch, created))
+            finally:
+                delete_topics(created)
     finally:
-        delete_topics(created)
         if args.keep:
             say(f"kept the processor logs and progress files in {scratch}")
         else:

@@ -21,25 +21,17 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from _common import kafka_for_bench
 
-from emostream import webui  # noqa: E402
-from emostream.settings import Settings  # noqa: E402
-from tests.browser.conftest import (  # noqa: E402
-    CHROMIUM,
-    CHROMIUM_ARGS,
-    wait_for_window_start,
-    warm_up,
-    web_stack_settings,
-)
-from tests.conftest import TEST_KAFKA_PORT  # noqa: E402
-from tests.harness.stack import Stack, running_stack  # noqa: E402
+from emostream import webui
+from tests.harness.browser import CHROMIUM, CHROMIUM_ARGS, wait_for_window_start, warm_up, web_stack_settings
+from tests.harness.settings import isolated_settings
+from tests.harness.stack import Stack, running_stack
 
 
 def parse_seconds(text: str) -> float:
@@ -56,17 +48,19 @@ def quantiles(values: list[float]) -> tuple[float, float, float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--taps", type=int, default=20, help="taps per viewer")
-    parser.add_argument("--bootstrap", default=f"127.0.0.1:{TEST_KAFKA_PORT}", help="Kafka bootstrap servers")
+    parser.add_argument(
+        "--bootstrap", help="Kafka bootstrap servers (default: EMOSTREAM_KAFKA_BOOTSTRAP, else a broker of its own)"
+    )
     args = parser.parse_args(argv)
     if not CHROMIUM.is_file():
         raise SystemExit(f"{CHROMIUM} is missing: run bin/setup-browser")
 
     state = Path(tempfile.mkdtemp(prefix="viewer-bench-"))
-    base = Settings.from_env(environ={}, kafka_bootstrap=args.bootstrap, spark_ui=False, token_secret=uuid.uuid4().hex)
-    settings = web_stack_settings(base, state, clusters=1)
-    print(f"starting the stack (logs in {state / 'logs'}) ...", flush=True)
-    with running_stack(settings, state, timeout=240, ready=warm_up) as stack:
-        python, browser = measure(stack, args.taps)
+    with kafka_for_bench(args.bootstrap, state, heap="384m", kill=True) as bootstrap:
+        settings = web_stack_settings(isolated_settings(state, kafka_bootstrap=bootstrap), state, clusters=1)
+        print(f"starting the stack (logs in {state / 'logs'}) ...", flush=True)
+        with running_stack(settings, state, timeout=240, ready=warm_up) as stack:
+            python, browser = measure(stack, args.taps)
 
     print(f"\ntap → on screen, {args.taps} taps each, 1 cluster x 2 nodes, trigger {settings.trigger_ms} ms")
     print(f"{'viewer':<10}{'taps':>6}{'p50 s':>9}{'p95 s':>9}{'max s':>9}")

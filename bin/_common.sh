@@ -3,7 +3,6 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${EMOSTREAM_VENV:-$ROOT/.venv}"
 PY="$VENV/bin/python"
 JARS="${EMOSTREAM_JARS_DIR:-$ROOT/build/jars}"
-export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 
 die() { echo "error: $*" >&2; exit 1; }
 

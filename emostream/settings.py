@@ -67,6 +67,11 @@ class Settings:
     )
     flush_max_events: int = _doc("Buffered emoji that make an ingest worker send before the interval ends.", 10_000)
     flush_interval_ms: int = _doc("How often ingest sends its buffer to Kafka.", 500)
+    flush_lead_ms: int = _doc(
+        "How long before each multiple of the flush interval since the epoch ingest sends: the processor's "
+        "trigger fires on those multiples, so a send lands just before it instead of up to an interval after.",
+        50,
+    )
     buffer_max: int = _doc("Emoji an ingest worker holds before it answers 503.", 200_000)
     ingest_journal: bool = _doc(
         "Write each accepted request to the ingest journal before answering 202, so a killed worker loses nothing.",
@@ -122,6 +127,24 @@ class Settings:
     heartbeat_expiry_seconds: float = _doc("Silence after which a subscriber node counts as dead.", 6.0)
     token_secret: str = _doc("HMAC secret of viewer tokens; set it in production.", "", repr=False)
     token_ttl_seconds: int = _doc("Lifetime of a viewer token.", 3600)
+    viewer_history_seconds: int = _doc(
+        "How far back a joining viewer is sent its event's windows, and how far back `since` may reach; "
+        "0 turns the history off (live updates only).",
+        60,
+    )
+    viewer_history_max_windows: int = _doc(
+        "Windows a subscriber node holds per event; 0 means those of the history seconds, plus two.", 0
+    )
+    viewer_history_max_bytes: int = _doc("Bytes (as JSON) of records a subscriber node holds per event.", 65_536)
+    viewer_history_max_events: int = _doc(
+        "Events a subscriber node holds history of besides those its own viewers watch.", 1000
+    )
+    viewer_readback_max_records: int = _doc(
+        "Most records one read-back of the aggregate topic reads before it serves what it found.", 200_000
+    )
+    viewer_readback_max_seconds: float = _doc(
+        "Longest one read-back of the aggregate topic runs before it serves what it found.", 5.0
+    )
 
     # Operations
     ops_host: str = _doc(

@@ -19,10 +19,17 @@ from typing import Any
 from itsdangerous import BadSignature, URLSafeSerializer
 
 DEFAULT_EVENT_ID = "live"
-USER_ID_RE = re.compile(r"^[A-Za-z0-9_.:@-]{1,64}$")
+# Ids are always matched whole (fullmatch, or java_full_match in Spark): a "$" anchor would also
+# accept a trailing newline.
+USER_ID_RE = re.compile(r"[A-Za-z0-9_.:@-]{1,64}")
 # event_id is part of the aggregate key "event_id|window_start", so no "|".
-EVENT_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+EVENT_ID_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 CLIENT_ID_RE = USER_ID_RE
+
+
+def java_full_match(pattern: re.Pattern[str]) -> str:
+    """``pattern`` for Java's regex engine (Spark's rlike, which finds), matching whole strings only."""
+    return rf"\A(?:{pattern.pattern})\z"
 
 
 class InvalidMessage(ValueError):
@@ -133,6 +140,9 @@ def validate_event(
 
 # --------------------------------------------------------------------------- aggregate
 
+# The Socket.IO event that carries an aggregate to a viewer.
+EMOJI_UPDATE = "emoji_update"
+
 
 def scaled_count(count: int, unit: int = 1000) -> int:
     """The course rule: every started ``unit`` of one emoji counts as one (1..1000 → 1)."""
@@ -170,7 +180,7 @@ def validate_aggregate(payload: Any) -> dict[str, Any]:
     for name in ("event_id", "window_start", "window_end", "counts", "total"):
         if name not in payload:
             raise InvalidMessage(f"aggregate is missing {name}")
-    if not isinstance(payload["event_id"], str) or not EVENT_ID_RE.match(payload["event_id"]):
+    if not isinstance(payload["event_id"], str) or not EVENT_ID_RE.fullmatch(payload["event_id"]):
         raise InvalidMessage("aggregate has an invalid event_id")
     for name in ("window_start", "window_end", "total"):
         if not isinstance(payload[name], int) or isinstance(payload[name], bool):

@@ -32,9 +32,10 @@ from typing import Any
 import aiohttp
 import socketio
 
-log = logging.getLogger(__name__)
+from emostream.clients.registration import AsyncRegistration, RegistrationError
+from emostream.wire import EMOJI_UPDATE
 
-EMOJI_UPDATE = "emoji_update"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -51,19 +52,6 @@ class Delivery:
         if not isinstance(stamp, (int, float)):
             return None
         return self.received_at * 1000 - stamp
-
-
-class RegistrationError(Exception):
-    """Registration refused the request; ``status`` is the HTTP status (0 when unreachable)."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(f"{status}: {message}" if status else message)
-        self.status = status
-        self.message = message
-
-    @property
-    def retryable(self) -> bool:
-        return self.status in (0, 429, 502, 503, 504)
 
 
 def backoff_delays(initial: float, maximum: float, rng: random.Random | None = None) -> Iterator[float]:
@@ -115,6 +103,7 @@ class Viewer:
         self._rng = rng or random.Random()
         self._session = http_session
         self._own_session = http_session is None
+        self._registration: AsyncRegistration | None = None
         self._client: socketio.AsyncClient | None = None
         self._connected = asyncio.Event()
         self._update = asyncio.Event()
@@ -135,6 +124,7 @@ class Viewer:
         """Register and connect, retrying with backoff; return once connected."""
         if self._session is None:
             self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        self._registration = AsyncRegistration(self.registration_url, self._session)
         await asyncio.wait_for(self._establish(), timeout)
         return self
 
@@ -147,10 +137,9 @@ class Viewer:
         self._connected.clear()
         if client is not None:
             await _quietly(client.disconnect())
-        if self.assignment is not None:
-            body = {"client_id": self.assignment["client_id"], "token": self.assignment["token"]}
+        if self.assignment is not None and self._registration is not None:
             try:
-                await self._post("/unregister", body)
+                await self._registration.unregister(self.assignment)
             except (TimeoutError, RegistrationError) as error:
                 log.debug("unregistering %s failed: %s", self.client_id, error)
         if self._own_session and self._session is not None:
@@ -181,28 +170,9 @@ class Viewer:
 
     # ----------------------------------------------------------------- registration
 
-    async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        assert self._session is not None
-        try:
-            async with self._session.post(
-                self.registration_url + path, json=body, timeout=aiohttp.ClientTimeout(total=10)
-            ) as response:
-                try:
-                    payload = await response.json(content_type=None)
-                except (ValueError, aiohttp.ContentTypeError):
-                    payload = {}
-                if response.status >= 400:
-                    message = payload.get("error") if isinstance(payload, dict) else None
-                    raise RegistrationError(response.status, message or response.reason or "error")
-                return payload
-        except aiohttp.ClientError as error:
-            raise RegistrationError(0, f"registration unreachable: {error}") from None
-
     async def _register(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"event_id": self.event_id}
-        if self.client_id is not None:
-            body["client_id"] = self.client_id
-        assignment = await self._post("/register", body)
+        assert self._registration is not None, "start() first"
+        assignment = await self._registration.register(self.event_id, self.client_id)
         self.client_id = assignment["client_id"]
         self.assignment = assignment
         self.registrations += 1

@@ -1,1 +1,1 @@
-"""Local infrastructure for development and tests: the KRaft broker, local Kafka and Spark clusters, the ingest pool."""
+"""Local infrastructure for development and tests: the KRaft broker, local Kafka and Spark clusters, the supervisor, the ingest pool."""

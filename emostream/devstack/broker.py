@@ -43,14 +43,14 @@ logger.request.level = WARN
 """
 
 
-class KafkaError(RuntimeError):
+class BrokerError(RuntimeError):
     """A problem an operator can act on; the message says what to do."""
 
 
 def require_java() -> str:
     java = shutil.which("java")
     if java is None:
-        raise KafkaError(
+        raise BrokerError(
             "java was not found on PATH: install a Java 17 runtime (Debian: apt-get install openjdk-17-jre-headless)"
         )
     return java
@@ -65,7 +65,7 @@ class BrokerNode(JvmProcess):
     """
 
     ready_line = READY_LINE
-    error_type = KafkaError
+    error_type = BrokerError
     taken_port_advice = "stop that process, or set EMOSTREAM_KAFKA_BOOTSTRAP to use the Kafka already listening there"
 
     home: Path
@@ -110,7 +110,7 @@ class BrokerNode(JvmProcess):
 
     def classpath(self) -> str:
         if not self.jars.is_dir() or not any(self.jars.glob("kafka_*.jar")):
-            raise KafkaError(f"Kafka jars are missing in {self.jars}: run bin/setup-jars first")
+            raise BrokerError(f"Kafka jars are missing in {self.jars}: run bin/setup-jars first")
         return str(self.jars / "*")
 
     def _properties(self) -> str:
@@ -170,7 +170,7 @@ class BrokerNode(JvmProcess):
             args += ["--standalone"]
         done = self._java("kafka.tools.StorageTool", *args, timeout=120)
         if done.returncode != 0:
-            raise KafkaError(f"formatting Kafka storage failed:\n{done.stdout}{done.stderr}")
+            raise BrokerError(f"formatting Kafka storage failed:\n{done.stdout}{done.stderr}")
         log.info("formatted Kafka storage in %s (cluster %s)", self.data_dir, cluster_id)
 
     def launch(self) -> tuple[subprocess.Popen, int]:
@@ -232,7 +232,7 @@ def local_node(settings: Settings) -> BrokerNode:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="localkafka", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m emostream.devstack.broker", description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=["start", "stop", "status"])
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -255,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
             pid = node.pid()
             log.info(f"Kafka running, pid {pid}, {node.bootstrap}" if pid else "Kafka is not running")
             return 0 if pid else 1
-    except KafkaError as error:
+    except BrokerError as error:
         log.error("error: %s", error)
         return 1
     return 0

@@ -29,17 +29,16 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from emostream.fanout.membership import Membership, NodeState, parse_subscriber_id, subscriber_id
 from emostream.http import STARTING, Health
-from emostream.settings import ROOT, Settings
+from emostream.settings import Settings
 from emostream.wire import now_ms
 
-log = logging.getLogger(__name__)
+# Named, not __name__: run with python -m, this module is __main__.
+log = logging.getLogger("emostream.fanout.manager")
 
 # A launched node that has not heartbeated within this long is treated as hung.
 STARTUP_GRACE_SECONDS = 30.0
@@ -77,11 +76,6 @@ class LoadBalancer:
         self._client_node: dict[str, tuple[str, int]] = {}  # client -> (node, assigned_at)
         self._lock = threading.Lock()
         self._last_ms = 0
-
-    def effective_connections(self, node: NodeState) -> int:
-        """Connections in the node's last heartbeat plus viewers assigned since (not yet in it)."""
-        with self._lock:
-            return node.connections + self._pending_on(node)
 
     def _pending_on(self, node: NodeState) -> int:
         entries = self._pending.get(node.subscriber_id)
@@ -191,16 +185,18 @@ def _parent_death_signal() -> Callable[[], None] | None:
 
 
 class LocalLauncher(NodeLauncher):
-    """Runs ``subscriber_service.py`` and ``pubsub_service.py --cluster N`` as child processes.
+    """Runs subscriber nodes and cluster publishers as child processes of this interpreter.
+
+    They are the ``emostream.fanout.node`` and ``emostream.fanout.publisher --cluster N``
+    modules run with ``python -m``, in the manager's working directory.
 
     Children share the manager's output and get SIGTERM if the manager dies, so no
     orphan keeps a port or a heartbeat. Node ports follow ``subscriber_base_port``
     (cluster-major); base port 0 lets every node pick a free port.
     """
 
-    def __init__(self, settings: Settings, root: Path = ROOT, python: str = sys.executable):
+    def __init__(self, settings: Settings, python: str = sys.executable):
         self.settings = settings
-        self.root = root
         self.python = python
         self._nodes: dict[str, subprocess.Popen] = {}
         self._publishers: dict[int, subprocess.Popen] = {}
@@ -214,16 +210,14 @@ class LocalLauncher(NodeLauncher):
             return 0
         return base + cluster * self.settings.max_subscribers_per_cluster + index
 
-    def _spawn(self, *args: str) -> subprocess.Popen:
+    def _spawn(self, module: str, *args: str) -> subprocess.Popen:
         env = {**os.environ, **self.settings.to_env(), "PYTHONUNBUFFERED": "1"}
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(self.root), env.get("PYTHONPATH", "")]))
-        return subprocess.Popen([self.python, *args], cwd=self.root, env=env, preexec_fn=self._preexec)
+        return subprocess.Popen([self.python, "-m", module, *args], env=env, preexec_fn=self._preexec)
 
     def start_node(self, subscriber_id: str, cluster: int) -> None:
         port = self.node_port(subscriber_id)
-        script = str(self.root / "subscriber_service.py")
         args = ("--id", subscriber_id, "--cluster", str(cluster), "--port", str(port))
-        self._nodes[subscriber_id] = self._spawn(script, *args)
+        self._nodes[subscriber_id] = self._spawn("emostream.fanout.node", *args)
         log.info("started subscriber %s (pid %d)", subscriber_id, self._nodes[subscriber_id].pid)
 
     def stop_node(self, subscriber_id: str, force: bool = False) -> None:
@@ -243,7 +237,7 @@ class LocalLauncher(NodeLauncher):
         return None if process is None else process.pid
 
     def start_publisher(self, cluster: int) -> None:
-        self._publishers[cluster] = self._spawn(str(self.root / "pubsub_service.py"), "--cluster", str(cluster))
+        self._publishers[cluster] = self._spawn("emostream.fanout.publisher", "--cluster", str(cluster))
         log.info("started cluster publisher %d (pid %d)", cluster, self._publishers[cluster].pid)
 
     def publisher_alive(self, cluster: int) -> bool:
@@ -541,3 +535,23 @@ def serve(settings: Settings) -> None:
         producer.close(timeout=5)
         watcher.stop()
         ops.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``emostream-manager``: bring up the topology and keep it alive until SIGTERM or Ctrl-C."""
+    import argparse
+
+    from emostream import logs
+
+    argparse.ArgumentParser(
+        description="EmoStream subscriber manager: clusters x subscriber nodes and a cluster publisher each, "
+        "restarted when they die, scaled with the load"
+    ).parse_args(argv)
+    settings = Settings.from_env()
+    logs.configure(settings)
+    serve(settings)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

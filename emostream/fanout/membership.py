@@ -12,13 +12,9 @@ from __future__ import annotations
 import logging
 import re
 import threading
-import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-
-from kafka import TopicPartition
-from kafka.errors import KafkaError
 
 from emostream import kafka
 from emostream.settings import Settings
@@ -26,7 +22,7 @@ from emostream.wire import InvalidMessage, now_ms
 
 log = logging.getLogger(__name__)
 
-SUBSCRIBER_ID_RE = re.compile(r"^c(\d{1,4})-s(\d{1,4})$")
+SUBSCRIBER_ID_RE = re.compile(r"c([0-9]{1,4})-s([0-9]{1,4})")
 UP = "up"
 STOPPING = "stopping"
 
@@ -38,7 +34,7 @@ def subscriber_id(cluster: int, index: int) -> str:
 
 def parse_subscriber_id(value: str) -> tuple[int, int]:
     """``(cluster, index)`` of an id like ``c0-s1``; ValueError for anything else."""
-    match = SUBSCRIBER_ID_RE.match(value)
+    match = SUBSCRIBER_ID_RE.fullmatch(value)
     if not match:
         raise ValueError(f"subscriber id {value!r} is not like c0-s1")
     return int(match.group(1)), int(match.group(2))
@@ -174,10 +170,6 @@ class Membership:
         now = now_ms() if now is None else now
         return [node for node in self.nodes() if self.is_alive(node, now)]
 
-    def clusters_watching(self, event_id: str, now: int | None = None) -> set[int]:
-        """Clusters with at least one live node that has viewers of ``event_id``."""
-        return {node.cluster for node in self.live(now) if node.events.get(event_id, 0) > 0}
-
 
 def _order(node: NodeState) -> tuple[int, int, str]:
     try:
@@ -233,8 +225,9 @@ class MembershipWatcher:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                self._follow()
-            except KafkaError as error:  # the broker went away: start over from the beginning
+                with kafka.translate_errors():
+                    self._follow()
+            except kafka.KafkaError as error:  # the broker went away: start over from the beginning
                 log.warning("membership consumer failed (%s); reconnecting", error)
                 self._stop.wait(1.0)
             except Exception as error:  # a bug: keep the thread alive but say it loudly
@@ -246,33 +239,18 @@ class MembershipWatcher:
         topic = self.settings.membership_topic
         consumer = kafka.consumer(self.settings, group_id=None, auto_offset_reset="earliest", fetch_max_wait_ms=200)
         try:
-            partitions = topic_partitions(consumer, topic)
-            consumer.assign(partitions)
-            consumer.seek_to_beginning(*partitions)
-            end = consumer.end_offsets(partitions)
+            backlog_end = kafka.assign_at_beginning(consumer, topic)
             while not self._stop.is_set():
                 for records in consumer.poll(timeout_ms=200).values():
                     for record in records:
                         state = self.membership.apply(record.key, record.value)
                         if self.on_change is not None:
                             self.on_change(record.key, state)
-                if not self._ready.is_set() and all(consumer.position(tp) >= end[tp] for tp in partitions):
+                if not self._ready.is_set() and kafka.caught_up(consumer, backlog_end):
                     self._ready.set()
                     log.info("membership loaded: %d node(s) on record", len(self.membership.nodes()))
         finally:
             consumer.close()
-
-
-def topic_partitions(consumer: Any, topic: str, timeout: float = 30.0) -> list[TopicPartition]:
-    """The topic's partitions, waiting for metadata (a just-created topic has none yet)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        partitions = consumer.partitions_for_topic(topic)
-        if partitions:
-            return [TopicPartition(topic, p) for p in sorted(partitions)]
-        if time.monotonic() > deadline:
-            raise KafkaError(f"topic {topic} has no partitions")
-        time.sleep(0.2)
 
 
 def summary(nodes: Iterable[NodeState], membership: Membership, now: int | None = None) -> dict[str, Any]:

@@ -1,29 +1,39 @@
 """One subscriber node: viewers connect here over Socket.IO and get their event's aggregates.
 
 Flask-SocketIO in gevent mode (one greenlet per connection: the most viewers a
-process holds, see DESIGN.md). The process must be monkey-patched before this
-module is imported (``subscriber_service.py`` does it first thing).
+process holds, see the README's Measured section). The process must be
+monkey-patched before this module is imported: run it as ``python -m
+emostream.fanout.node``, ``emostream-subscriber`` or ``subscriber_service.py``.
 
-A viewer connects with ``auth={"token": ...}``; the node accepts only a valid,
-unexpired, unrevoked token issued for itself and puts the viewer in the room of
-the token's event (never an event the client names). Its client manager listens on
-the cluster's channel, so a cluster publisher's emit to a room reaches the viewers
-of that room here. The node announces itself by heartbeat (see membership.py) and,
-when it stops cleanly, says "stopping", hands its viewers back (they re-register
-elsewhere) and writes a tombstone.
+A viewer connects with ``auth={"token": ...}`` (plus ``"since"``, the window_start
+it wants windows from, when it comes back); the node accepts only a valid,
+unexpired, unrevoked token issued for itself, sends the viewer its event's recent
+windows (catchup.py) and puts it in the room of the token's event (never an event
+the client names). Its client manager listens on the cluster's channel, so a
+cluster publisher's emit to a room reaches the viewers of that room here. The node
+announces itself by heartbeat (see membership.py) and, when it stops cleanly, says
+"stopping", hands its viewers back (they re-register elsewhere) and writes a
+tombstone.
 """
 
 from __future__ import annotations
 
+if __name__ == "__main__":
+    # Run as a program: gevent patches the standard library before anything imports it.
+    from gevent import monkey
+
+    monkey.patch_all()
+
 import logging
 import os
+import socket
 import time
 from collections import Counter
 from typing import Any
 
 import gevent
 from flask import Flask, request
-from flask_socketio import ConnectionRefusedError, SocketIO, join_room
+from flask_socketio import ConnectionRefusedError, SocketIO
 from gevent import pywsgi
 from gevent.event import Event
 from geventwebsocket.handler import WebSocketHandler
@@ -31,19 +41,22 @@ from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client import Counter as MetricCounter
 
 from emostream import kafka
+from emostream.fanout.catchup import CatchUp
+from emostream.fanout.history import InvalidSince, ViewerHistory, parse_since
 from emostream.fanout.membership import STOPPING, UP, NodeState, parse_subscriber_id
+from emostream.fanout.origins import viewer_origin_policy
 from emostream.fanout.socketio_kafka import (
     DISCONNECT_CLIENT,
     NAMESPACE,
     KafkaClientManager,
-    channel_topic,
     token_digest,
 )
-from emostream.http import install_json_errors, metrics_response, tune_gc
+from emostream.http import OK, STARTING, UNAVAILABLE, Health, install_json_errors, metrics_response, tune_gc
 from emostream.settings import Settings
 from emostream.wire import InvalidMessage, now_ms, verify_token
 
-log = logging.getLogger(__name__)
+# Named, not __name__: run with python -m, this module is __main__.
+log = logging.getLogger("emostream.fanout.node")
 
 # A burst of connects to a new event becomes one heartbeat, this long after the first.
 ANNOUNCE_DEBOUNCE_SECONDS = 0.05
@@ -53,6 +66,22 @@ REFUSAL_REASONS = {
     "the token has expired": "expired",
     "the token is for another subscriber node": "other_node",
 }
+
+
+class NoDelayWSGIServer(pywsgi.WSGIServer):
+    """A WSGI server whose connections send small writes at once (TCP_NODELAY).
+
+    A viewer is sent several Socket.IO frames back to back (its CONNECT answer, then its
+    event's windows; two updates in one tick): with Nagle's algorithm every frame after the
+    first waits for the client's delayed acknowledgement.
+    """
+
+    def handle(self, sock: Any, address: Any) -> None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:  # not TCP (a Unix socket): nothing to tune
+            pass
+        super().handle(sock, address)
 
 
 class SubscriberNode:
@@ -83,9 +112,21 @@ class SubscriberNode:
         self.registry = CollectorRegistry()
         self._metrics(self.registry)
         self.producer = kafka.producer(settings, linger_ms=0)
-        self.channel = KafkaClientManager(settings, channel_topic(settings, cluster), logger=log)
+        self.channel = KafkaClientManager(settings, kafka.channel_topic(settings, cluster), logger=log)
         self.channel.control_handlers[DISCONNECT_CLIENT] = self._on_disconnect_client
+        window_ms = settings.window_seconds * 1000
+        horizon_ms = settings.viewer_history_seconds * 1000
+        self.history = ViewerHistory(
+            window_ms,
+            horizon_ms,
+            max_windows=settings.viewer_history_max_windows or horizon_ms // window_ms + 2,
+            max_bytes=settings.viewer_history_max_bytes,
+            max_events=settings.viewer_history_max_events,
+            watched=lambda event_id: self._events.get(event_id, 0) > 0,
+        )
         self.app = self._create_app()
+        self.catchup = CatchUp(settings, self.socketio.server, self.history, self.registry, subscriber_id)
+        self.channel.emit_gate = self.catchup.gate
 
     # ----------------------------------------------------------------- the app
 
@@ -96,7 +137,8 @@ class SubscriberNode:
             app,
             async_mode="gevent",
             client_manager=self.channel,
-            cors_allowed_origins=list(self.settings.cors_origins),
+            # Same-origin and Origin-less clients too, not only the viewer page's origins.
+            cors_allowed_origins=viewer_origin_policy(self.settings.cors_origins),
             manage_session=False,  # viewers have no session; saves work on every event
             max_http_buffer_size=16 * 1024,  # viewers only listen
             logger=False,
@@ -107,14 +149,15 @@ class SubscriberNode:
 
         @app.get("/healthz")
         def healthz():
-            body = {
-                "status": "ok" if self.status == UP else self.status,
-                "subscriber_id": self.subscriber_id,
-                "cluster": self.cluster,
-                "connections": len(self._viewers),
-                "capacity": self.settings.subscriber_capacity,
-            }
-            return body, 200 if self.status == UP else 503
+            return Health(
+                OK if self.status == UP else STARTING if self.status == "starting" else UNAVAILABLE,
+                {
+                    "subscriber_id": self.subscriber_id,
+                    "cluster": self.cluster,
+                    "connections": len(self._viewers),
+                    "capacity": self.settings.subscriber_capacity,
+                },
+            ).response()
 
         @app.get("/metrics")
         def metrics():
@@ -158,12 +201,16 @@ class SubscriberNode:
         except InvalidMessage as error:
             self.m_refused.labels(REFUSAL_REASONS.get(str(error), "invalid")).inc()
             raise ConnectionRefusedError(str(error)) from None
+        try:
+            since = parse_since(auth)
+        except InvalidSince as error:
+            self.m_refused.labels("bad_since").inc()
+            raise ConnectionRefusedError(str(error)) from None
         digest = token_digest(token)
         if digest in self._revoked:
             self.m_refused.labels("revoked").inc()
             raise ConnectionRefusedError("the token was given back (unregistered); register again")
         sid = request.sid
-        join_room(claims.event_id)
         self._viewers[sid] = (claims.client_id, claims.event_id, digest)
         self._sids_by_token.setdefault(digest, set()).add(sid)
         self._events[claims.event_id] += 1
@@ -171,6 +218,9 @@ class SubscriberNode:
         if self._events[claims.event_id] == 1:
             # The main publisher routes by the events in heartbeats: tell it now, not in 2 s.
             self._announce.set()
+            self.catchup.watch_started(claims.event_id)
+        # Its windows first, then the room: after this handler returns and the client is told it is in.
+        self.catchup.admit(sid, claims.event_id, since)
 
     def _on_disconnect(self, reason: Any = None) -> None:
         viewer = self._viewers.pop(request.sid, None)
@@ -249,7 +299,7 @@ class SubscriberNode:
         if not server.manager_initialized:
             server.manager_initialized = True
             self.channel.initialize()  # starts the channel listener task
-        self._wsgi = pywsgi.WSGIServer(
+        self._wsgi = NoDelayWSGIServer(
             (self.settings.subscriber_host, self.requested_port),
             self.app,
             handler_class=WebSocketHandler,
@@ -290,6 +340,7 @@ class SubscriberNode:
             log.exception("leaving the membership cleanly failed for %s", self.subscriber_id)
         if self._wsgi is not None:
             self._wsgi.stop(timeout=2)
+        self.catchup.close()
         self.channel.close()
         self.producer.close(timeout=5)
         log.info("subscriber %s stopped", self.subscriber_id)
@@ -311,3 +362,27 @@ def serve(settings: Settings, subscriber_id: str, cluster: int, port: int | None
     tune_gc()
     node.wait()
     node.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``emostream-subscriber --id c0-s1 --cluster 0 --port 5003``: one node until SIGTERM or Ctrl-C."""
+    import argparse
+
+    from emostream import logs
+    from emostream.fanout.ops import require_gevent_patch
+
+    parser = argparse.ArgumentParser(description="EmoStream subscriber node")
+    parser.add_argument("--cluster", type=int, default=0, help="cluster of this node (default 0)")
+    parser.add_argument("--id", dest="subscriber_id", help="subscriber id like c0-s1 (default c<cluster>-s0)")
+    parser.add_argument("--port", type=int, default=None, help="port; 0 picks a free one")
+    args = parser.parse_args(argv)
+    require_gevent_patch("emostream.fanout.node")
+
+    settings = Settings.from_env()
+    logs.configure(settings)
+    serve(settings, args.subscriber_id or f"c{args.cluster}-s0", args.cluster, args.port)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,4 +1,4 @@
-"""What the fan-out services share: their topics and the open-files limit."""
+"""What the fan-out services share: their topics, the open-files limit, the start of a gevent service."""
 
 from __future__ import annotations
 
@@ -6,17 +6,17 @@ import logging
 import resource
 
 from emostream import kafka
-from emostream.fanout.socketio_kafka import channel_topics
 from emostream.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
 def fanout_topics(settings: Settings) -> list[kafka.TopicSpec]:
-    """The topics the fan-out tier reads and writes (the pipeline's own, plus the channels)."""
+    """The topics the fan-out tier reads and writes: aggregates, membership, cluster topics and channels."""
     wanted = {settings.aggregate_topic, settings.membership_topic}
-    wanted |= {kafka.cluster_topic(settings, cluster) for cluster in range(settings.clusters)}
-    return [spec for spec in kafka.topics(settings) if spec.name in wanted] + channel_topics(settings)
+    for cluster in range(settings.clusters):
+        wanted |= {kafka.cluster_topic(settings, cluster), kafka.channel_topic(settings, cluster)}
+    return [spec for spec in kafka.topics(settings) if spec.name in wanted]
 
 
 def ensure_fanout_topics(settings: Settings, timeout: float = 60.0) -> None:
@@ -36,3 +36,14 @@ def raise_open_files_limit() -> int:
         except (ValueError, OSError) as error:
             log.warning("could not raise the open-files limit to %d: %s", hard, error)
     return soft
+
+
+def require_gevent_patch(program: str) -> None:
+    """Stop with a clear error unless gevent patched the standard library before it was imported."""
+    from gevent import monkey
+
+    if not monkey.is_module_patched("socket"):
+        raise SystemExit(
+            f"{program} must be started patched by gevent: run it as python -m {program}, "
+            "as its console script or as its top-level script"
+        )

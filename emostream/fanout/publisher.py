@@ -20,17 +20,17 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from kafka.errors import CommitFailedError
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from emostream import kafka
-from emostream.fanout.membership import Membership, MembershipWatcher, topic_partitions
-from emostream.fanout.socketio_kafka import EMOJI_UPDATE, NAMESPACE, KafkaClientManager, channel_topic
+from emostream.fanout.membership import Membership, MembershipWatcher
+from emostream.fanout.socketio_kafka import NAMESPACE, KafkaClientManager
 from emostream.http import STARTING, Health
 from emostream.settings import Settings
-from emostream.wire import InvalidMessage, aggregate_key, now_ms, validate_aggregate
+from emostream.wire import EMOJI_UPDATE, InvalidMessage, aggregate_key, now_ms, validate_aggregate
 
-log = logging.getLogger(__name__)
+# Named, not __name__: run with python -m, this module is __main__.
+log = logging.getLogger("emostream.fanout.publisher")
 
 POLL_MS = 200
 MAX_RECORDS = 2000
@@ -114,8 +114,8 @@ class _Loop:
                     handle(record)
             flush()
             try:
-                consumer.commit()  # only after what was produced is on the broker
-            except CommitFailedError as error:  # a rebalance took the partition: its new owner repeats
+                kafka.commit(consumer)  # only after what was produced is on the broker
+            except kafka.CommitFailed as error:  # a rebalance took the partition: its new owner repeats
                 log.warning("commit failed (%s); the next owner re-reads this batch", error)
 
 
@@ -177,7 +177,7 @@ class MainPublisher(_Loop):
         )
         # Join the group only once the topic's metadata is known: a member that joins
         # before can be handed an empty assignment and keep it until the next rebalance.
-        topic_partitions(consumer, self.settings.aggregate_topic, timeout=60)
+        kafka.partitions(consumer, self.settings.aggregate_topic, timeout=60)
         consumer.subscribe([self.settings.aggregate_topic])
         producer = kafka.producer(self.settings, linger_ms=1)
         log.info("main publisher routing %s (group %s)", self.settings.aggregate_topic, main_group_id(self.settings))
@@ -259,8 +259,8 @@ class ClusterPublisher(_Loop):
         )
         # One publisher per cluster: it takes its topic's partitions itself. The group id
         # only keeps its committed offsets; no membership, so no rebalance can starve it.
-        consumer.assign(topic_partitions(consumer, self.topic, timeout=60))
-        channel = KafkaClientManager(self.settings, channel_topic(self.settings, self.cluster), write_only=True)
+        consumer.assign(kafka.partitions(consumer, self.topic, timeout=60))
+        channel = KafkaClientManager(self.settings, kafka.channel_topic(self.settings, self.cluster), write_only=True)
         log.info("cluster publisher %d: %s -> %s", self.cluster, self.topic, channel.channel)
         try:
             self._consume(consumer, lambda record: self._forward(channel, record), lambda: channel.flush(timeout=30))
@@ -326,3 +326,24 @@ def _valid_aggregate(record: Any, invalid: Any) -> dict[str, Any] | None:
         invalid.inc()
         log.warning("dropping record at offset %d of %s: %s", record.offset, record.topic, error)
         return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``emostream-publisher``: the main publisher; ``--cluster N``: the cluster publisher of cluster N."""
+    import argparse
+
+    from emostream import logs
+
+    parser = argparse.ArgumentParser(description="EmoStream main publisher, or one cluster publisher")
+    parser.add_argument("--cluster", type=int, default=None, help="run the cluster publisher of this cluster")
+    parser.add_argument("--metrics-port", type=int, default=None, help="port of /healthz and /metrics (0 = any)")
+    args = parser.parse_args(argv)
+
+    settings = Settings.from_env()
+    logs.configure(settings)
+    serve(settings, args.cluster, args.metrics_port)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

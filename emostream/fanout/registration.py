@@ -13,6 +13,12 @@ as an extra blueprint (``create_app(settings, blueprints=[...])``).
 
 from __future__ import annotations
 
+if __name__ == "__main__":
+    # Run as a program: gevent patches the standard library before anything imports it.
+    from gevent import monkey
+
+    monkey.patch_all()
+
 import abc
 import logging
 import time
@@ -24,10 +30,11 @@ from flask import Blueprint, Flask, current_app, request
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from werkzeug.exceptions import BadRequest, Forbidden, ServiceUnavailable, Unauthorized
 
+from emostream import kafka
 from emostream.fanout.manager import LoadBalancer, NoLiveSubscriber
 from emostream.fanout.membership import Membership, MembershipWatcher, parse_subscriber_id, summary
-from emostream.fanout.socketio_kafka import DISCONNECT_CLIENT, KafkaClientManager, channel_topic, token_digest
-from emostream.http import install_json_errors, json_body, metrics_response
+from emostream.fanout.socketio_kafka import DISCONNECT_CLIENT, KafkaClientManager, token_digest
+from emostream.http import STARTING, Health, install_json_errors, json_body, metrics_response
 from emostream.settings import Settings
 from emostream.wire import (
     CLIENT_ID_RE,
@@ -39,7 +46,8 @@ from emostream.wire import (
     verify_token,
 )
 
-log = logging.getLogger(__name__)
+# Named, not __name__: run with python -m, this module is __main__.
+log = logging.getLogger("emostream.fanout.registration")
 
 MAX_BODY_BYTES = 4096
 EXTENSION = "emostream.registration"
@@ -60,8 +68,6 @@ class ChannelControl(ViewerControl):
     """Revocations through the cluster's Socket.IO channel (a control message every node reads)."""
 
     def __init__(self, settings: Settings):
-        from emostream import kafka
-
         self.settings = settings
         self.producer = kafka.producer(settings, linger_ms=0)
         self._channels: dict[int, KafkaClientManager] = {}
@@ -73,7 +79,7 @@ class ChannelControl(ViewerControl):
         channel = self._channels.get(cluster)
         if channel is None:
             channel = KafkaClientManager(
-                self.settings, channel_topic(self.settings, cluster), write_only=True, producer=self.producer
+                self.settings, kafka.channel_topic(self.settings, cluster), write_only=True, producer=self.producer
             )
             self._channels[cluster] = channel
         channel.publish_control(
@@ -155,10 +161,10 @@ def register():
         client_id = body.get("client_id")
         if client_id is None:
             client_id = uuid.uuid4().hex
-        elif not isinstance(client_id, str) or not CLIENT_ID_RE.match(client_id):
+        elif not isinstance(client_id, str) or not CLIENT_ID_RE.fullmatch(client_id):
             raise BadRequest("client_id must be 1-64 characters of letters, digits and _ . : @ -")
         event_id = body.get("event_id", DEFAULT_EVENT_ID)
-        if not isinstance(event_id, str) or not EVENT_ID_RE.match(event_id):
+        if not isinstance(event_id, str) or not EVENT_ID_RE.fullmatch(event_id):
             raise BadRequest("event_id must be 1-64 characters of letters, digits and _ . -")
     except BadRequest:
         state.m_refused.labels("bad_request").inc()
@@ -193,8 +199,8 @@ def unregister():
         body = _body_object()
         _check_fields(body, ("client_id", "token"))
         client_id, token = body.get("client_id"), body.get("token")
-        if not isinstance(client_id, str) or not client_id:
-            raise BadRequest("client_id is required")
+        if not isinstance(client_id, str) or not CLIENT_ID_RE.fullmatch(client_id):
+            raise BadRequest("client_id is required: 1-64 characters of letters, digits and _ . : @ -")
         if not isinstance(token, str) or not token:
             raise BadRequest("token is required")
     except BadRequest:
@@ -227,8 +233,7 @@ def subscribers():
 def healthz():
     state = _state()
     live = len(state.membership.live())
-    body = {"status": "ok" if state.ready else "starting", "live_nodes": live, "membership_ready": state.ready}
-    return body, 200 if state.ready else 503
+    return Health.of(state.ready, STARTING, live_nodes=live, membership_ready=state.ready).response()
 
 
 @api.get("/metrics")
@@ -281,3 +286,26 @@ def serve(settings: Settings) -> None:
     server.serve_forever()
     app.extensions[EXTENSION].control.close()
     log.info("registration stopped")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``emostream-registration``: serve until SIGTERM or Ctrl-C."""
+    import argparse
+
+    from emostream import logs
+    from emostream.fanout.ops import require_gevent_patch
+
+    parser = argparse.ArgumentParser(
+        description="EmoStream registration service: POST /register, POST /unregister, GET /subscribers"
+    )
+    parser.parse_args(argv)
+    require_gevent_patch("emostream.fanout.registration")
+
+    settings = Settings.from_env()
+    logs.configure(settings)
+    serve(settings)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

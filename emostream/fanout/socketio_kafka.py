@@ -25,7 +25,6 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import socketio
-from kafka import TopicPartition
 from socketio.pubsub_manager import PubSubManager
 
 from emostream import kafka
@@ -35,27 +34,13 @@ log = logging.getLogger(__name__)
 
 CONTROL_PREFIX = "emostream:"
 DISCONNECT_CLIENT = CONTROL_PREFIX + "disconnect_client"
-EMOJI_UPDATE = "emoji_update"
 NAMESPACE = "/"
 
 # Handed a control message (a dict); runs in the listener task.
 ControlHandler = Callable[[dict[str, Any]], None]
-
-
-def channel_topic(settings: Settings, cluster: int) -> str:
-    """The Socket.IO channel of ``cluster``: cluster publisher → its subscriber nodes."""
-    return f"{kafka.cluster_topic(settings, cluster)}_socketio"
-
-
-def channel_topics(settings: Settings) -> list[kafka.TopicSpec]:
-    """The channel topics; live messages only, so one partition and short retention."""
-    config = (("min.insync.replicas", str(settings.min_insync_replicas)), ("retention.ms", "600000"))
-    return [kafka.TopicSpec(channel_topic(settings, cluster), 1, config) for cluster in range(settings.clusters)]
-
-
-def client_room(client_id: str) -> str:
-    """The room that holds one client's connections (so it can be found by client id)."""
-    return f"client:{client_id}"
+# Handed an emit read from the channel and the function that delivers it to this node's
+# clients; decides whether (and when) to call it. Runs in the listener task.
+EmitGate = Callable[[dict[str, Any], Callable[[dict[str, Any]], None]], None]
 
 
 def token_digest(token: str) -> str:
@@ -90,6 +75,7 @@ class KafkaClientManager(socketio.KafkaManager):
         self.producer = producer if producer is not None else kafka.producer(settings, linger_ms=2)
         self.consumer: Any = None
         self.control_handlers: dict[str, ControlHandler] = {}
+        self.emit_gate: EmitGate | None = None
         self._closed = False
         self.received = 0
 
@@ -121,15 +107,11 @@ class KafkaClientManager(socketio.KafkaManager):
         if self.consumer is not None:
             return
         consumer = kafka.consumer(self.settings, group_id=None, auto_offset_reset="latest", fetch_max_wait_ms=500)
-        partitions = consumer.partitions_for_topic(self.channel) or set()
-        if not partitions:
+        try:
+            kafka.assign_at_end(consumer, self.channel)
+        except BaseException:
             consumer.close()
-            raise RuntimeError(f"channel topic {self.channel} does not exist")
-        assigned = [TopicPartition(self.channel, p) for p in sorted(partitions)]
-        consumer.assign(assigned)
-        consumer.seek_to_end(*assigned)
-        for tp in assigned:
-            consumer.position(tp)  # resolve now, not on the first poll
+            raise
         self.consumer = consumer
 
     def _kafka_listen(self) -> Iterator[Any]:
@@ -187,6 +169,13 @@ class KafkaClientManager(socketio.KafkaManager):
                     handler(message)
         except Exception:
             log.exception("handling %s from channel %s failed", method, self.channel)
+
+    def _handle_emit(self, message: dict[str, Any]) -> None:
+        # A subscriber node keeps its viewers' history in step with what it delivers (emostream.fanout.catchup).
+        if self.emit_gate is None:
+            super()._handle_emit(message)
+        else:
+            self.emit_gate(message, super()._handle_emit)
 
     def close(self) -> None:
         """Stop listening and release the Kafka clients (pending messages are flushed)."""

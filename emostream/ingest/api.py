@@ -23,7 +23,7 @@ from typing import Any
 from flask import Flask, current_app, request
 from flask_cors import CORS
 
-from emostream.http import install_json_errors, metrics_response
+from emostream.http import Health, install_json_errors, metrics_response
 from emostream.ingest import metrics
 from emostream.ingest.batcher import EmojiBatcher, Offer
 from emostream.ingest.ratelimit import RateLimiter, retry_after_header
@@ -34,7 +34,8 @@ log = logging.getLogger(__name__)
 
 EXTENSION = "emostream.ingest"
 # Intake paths, and whether each takes an array of events.
-INTAKE_PATHS = {"/emoji": False, "/emojis": True}
+# POST /send-emoji is the original project's path for one emoji; it answers exactly as /emoji.
+INTAKE_PATHS = {"/emoji": False, "/send-emoji": False, "/emojis": True}
 
 
 class Rejected(Exception):
@@ -156,23 +157,22 @@ class Ingest:
         metrics.ACCEPTED.inc(len(records))
         return len(records), received_at
 
-    def health(self) -> tuple[dict[str, Any], int]:
+    def health(self) -> Health:
         down_for = self.batcher.unavailable_for()
         kafka_ok = down_for < self.settings.kafka_unavailable_seconds
-        body = {
-            "status": "ok" if kafka_ok else "kafka_unavailable",
-            "kafka": {
+        return Health.of(
+            kafka_ok,
+            kafka={
                 "bootstrap": self.settings.kafka_bootstrap,
                 "reachable": kafka_ok and self.batcher.probe_ok,
                 # Time since Kafka last acknowledged anything while emoji wait (or since probes fail).
                 "unreachable_seconds": round(down_for, 1),
             },
-            "topic": self.settings.emoji_topic,
-            "buffered": self.batcher.held,
-            "lag_seconds": round(self.batcher.lag(), 2),
-            "capacity": self.settings.buffer_max,
-        }
-        return body, 200 if kafka_ok else 503
+            topic=self.settings.emoji_topic,
+            buffered=self.batcher.held,
+            lag_seconds=round(self.batcher.lag(), 2),
+            capacity=self.settings.buffer_max,
+        )
 
 
 def create_app(settings: Settings, batcher: EmojiBatcher | None = None) -> Flask:
@@ -183,7 +183,7 @@ def create_app(settings: Settings, batcher: EmojiBatcher | None = None) -> Flask
     install_json_errors(app)
     CORS(
         app,
-        resources={r"/emoji.*": {"origins": list(settings.cors_origins)}},
+        resources={r"/(emoji.*|send-emoji)": {"origins": list(settings.cors_origins)}},
         expose_headers=["Retry-After"],
         max_age=600,
     )
@@ -194,6 +194,7 @@ def create_app(settings: Settings, batcher: EmojiBatcher | None = None) -> Flask
     app.extensions[EXTENSION] = ingest
 
     @app.post("/emoji")
+    @app.post("/send-emoji")
     def post_emoji():
         status, body, headers = ingest.handle(request.environ, many=False)
         return body, status, headers
@@ -209,7 +210,7 @@ def create_app(settings: Settings, batcher: EmojiBatcher | None = None) -> Flask
 
     @app.get("/healthz")
     def healthz():
-        return ingest.health()
+        return ingest.health().response()
 
     @app.get("/metrics")
     def prometheus_metrics():

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -76,11 +77,6 @@ class Offer(enum.Enum):
     NOT_WRITTEN = "not_written"  # the journal could not take it (disk full, I/O error)
 
 
-def ingest_producer(settings: Settings) -> Producer:
-    """The durable producer (librdkafka: the flusher's per-record cost is the ingest's ceiling)."""
-    return kafka.bulk_producer(settings, client_id="emostream-ingest")
-
-
 def admin_probe(settings: Settings) -> Callable[[], bool]:
     """A check that the cluster answers, for when no records are on their way to reveal it."""
     timeout_ms = int(max(1.0, min(settings.kafka_unavailable_seconds, 5.0)) * 1000)
@@ -110,6 +106,19 @@ def admin_probe(settings: Settings) -> Callable[[], bool]:
     return probe
 
 
+def next_flush_at(now: float, interval: float, lead: float) -> float:
+    """The first time after ``now`` that is ``lead`` before a multiple of ``interval`` since the epoch.
+
+    Spark's processing-time trigger starts a micro-batch at every multiple of its interval since
+    the epoch, and the batch reads what Kafka holds at that moment. A flush timer started at a
+    random moment lands anywhere in the interval, so a flushed emoji waited half an interval on
+    average (a whole one at worst) for the next batch; sent ``lead`` before each multiple, it
+    waits only ``lead``. With the ingest's interval equal to the trigger's (or a divisor of
+    it), every flush lands just before a trigger, at no cost.
+    """
+    return (math.floor((now + lead) / interval) + 1) * interval - lead
+
+
 class EmojiBatcher:
     """Accepted emoji on their way to ``emoji_topic``; one per worker process."""
 
@@ -125,11 +134,12 @@ class EmojiBatcher:
         self.topic = settings.emoji_topic
         self.capacity = settings.buffer_max
         self.interval = settings.flush_interval_ms / 1000
+        self.lead = min(max(settings.flush_lead_ms, 0) / 1000, self.interval / 2)
         self.flush_max = max(1, settings.flush_max_events)
         self.journal = Journal(Path(settings.state_dir) / "ingest-journal", fsync=settings.ingest_journal_fsync)
         self.write_ahead = settings.ingest_journal
         self.give_up_after = settings.kafka_unavailable_seconds
-        self._producer_factory = producer_factory or (lambda: ingest_producer(settings))
+        self._producer_factory = producer_factory or (lambda: kafka.ingest_producer(settings))
         self._probe = probe if probe is not None else admin_probe(settings)
         self._probe_interval = probe_interval
         self._clock = clock
@@ -249,7 +259,7 @@ class EmojiBatcher:
     def _run(self) -> None:
         self._recover()
         self._connect()  # early, so the first requests' flush does not wait for the bootstrap
-        next_flush = time.monotonic() + self.interval
+        next_flush = self._next_flush()
         next_recovery = time.monotonic() + RECOVERY_INTERVAL
         while True:
             with self._lock:
@@ -259,7 +269,7 @@ class EmojiBatcher:
                         break
                     self._wake.wait(remaining)
                 closing = self._closing
-            next_flush = time.monotonic() + self.interval
+            next_flush = self._next_flush()
             try:
                 if closing:
                     self._drain()
@@ -272,6 +282,11 @@ class EmojiBatcher:
                 # A bug here must not silently stop deliveries: log it and keep ticking.
                 log.exception("flusher tick failed; records stay buffered")
                 time.sleep(min(self.interval, 1.0))
+
+    def _next_flush(self) -> float:
+        """When the next timed flush is due, on the monotonic clock (see :func:`next_flush_at`)."""
+        now = time.time()
+        return time.monotonic() + next_flush_at(now, self.interval, self.lead) - now
 
     def _tick(self) -> None:
         self._collect()
@@ -316,7 +331,7 @@ class EmojiBatcher:
                 self._retry.extend(left)
                 metrics.SEND_ERRORS.inc(len(left))
                 log.warning("producer refused %d emoji (%s); they stay buffered", len(left), error)
-                if not _retriable(error):
+                if not kafka.retriable(error):
                     self._reset_producer()
                 break
             in_flight.append((future, key, value, segment))
@@ -351,7 +366,7 @@ class EmojiBatcher:
             self._retry[:0] = failed
             metrics.SEND_ERRORS.inc(len(failed))
             log.warning("Kafka did not acknowledge %d emoji (%s); sending them again", len(failed), first_error)
-            if getattr(first_error, "fatal", False):
+            if isinstance(first_error, kafka.KafkaError) and first_error.fatal:
                 self._reset_producer()  # an idempotent producer that hit a fatal error sends nothing more
         if delivered:
             with self._lock:
@@ -489,10 +504,3 @@ def close_now(producer: Producer) -> None:
         producer.close(timeout=0)
     except Exception as error:
         log.warning("closing the Kafka producer failed: %s", error)
-
-
-def _retriable(error: BaseException) -> bool:
-    from kafka.errors import KafkaTimeoutError, RetriableError
-
-    # BufferError: librdkafka's local queue is full; it empties as Kafka acknowledges.
-    return isinstance(error, BufferError | KafkaTimeoutError | RetriableError)

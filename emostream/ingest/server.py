@@ -1,4 +1,4 @@
-"""gunicorn serving the ingest app: ``python3 app.py`` runs :func:`serve`.
+"""gunicorn serving the ingest app: ``python3 app.py`` (or ``emostream-ingest``) runs :func:`serve`.
 
 Each worker process builds its own app, buffer and Kafka producer after the fork (no
 ``preload_app``: Kafka clients and threads must not cross a fork). On SIGTERM (or Ctrl-C)
@@ -23,7 +23,8 @@ from gunicorn.app.base import BaseApplication
 
 from emostream.settings import Settings
 
-log = logging.getLogger(__name__)
+# Named, not __name__: run with python -m, this module is __main__.
+log = logging.getLogger("emostream.ingest.server")
 
 WORKER_CLASSES = {"gthread": "gthread", "gevent": "emostream.ingest.gevent_worker.FairGeventWorker"}
 # Time a stopping worker has for its last requests and the final flush to Kafka.
@@ -138,3 +139,34 @@ def serve_dev(settings: Settings) -> None:
         app.run(host=settings.ingest_host, port=settings.ingest_port, threaded=True, use_reloader=False, debug=False)
     finally:
         shutdown(app, FLUSH_TIMEOUT)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``emostream-ingest``: serve until SIGTERM or Ctrl-C (``--dev``: Flask's development server)."""
+    import argparse
+
+    from emostream import logs
+
+    parser = argparse.ArgumentParser(
+        description="EmoStream ingest: POST /emoji, POST /emojis, GET /emoji-types, GET /healthz, GET /metrics"
+    )
+    parser.add_argument("--dev", action="store_true", help="serve with Flask's development server instead of gunicorn")
+    parser.add_argument(
+        "--reuse-port",
+        action="store_true",
+        help="share the port with other instances (SO_REUSEPORT, Linux; what bin/ingest-pool runs)",
+    )
+    args = parser.parse_args(argv)
+    if args.dev and args.reuse_port:
+        parser.error("--reuse-port needs gunicorn: leave out --dev")
+    settings = Settings.from_env()
+    logs.configure(settings)
+    if args.dev:
+        serve_dev(settings)
+    else:
+        serve(settings, reuse_port=args.reuse_port)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -2,11 +2,11 @@
 
 A streaming query has one sink, and Spark runs only one stateful aggregation per
 update-mode query, so the aggregate query cannot also write its rejects. A second
-streaming query would read and parse every record again, which cost a third to a half
-more CPU in our measurements, for the few records that are poison. Instead the aggregate query only
-counts its rejects (``Dataset.observe``), and this writer reads again just the offset
-ranges of the micro-batches that had any, as a Spark batch job, and writes their
-rejects with the reason. A batch without poison costs nothing here.
+streaming query would read and parse every record again, a large share of the processor's
+work, for the few records that are poison. Instead the aggregate query only counts its
+rejects (``Dataset.observe``), and this writer reads again just the offset ranges of the
+micro-batches that had any, with the batch job of emostream.processor.job, and writes
+their rejects with the reason. A batch without poison costs nothing here.
 
 Every poison record is written at least once: the writer saves how far it has
 written (Kafka offsets) in the checkpoint folder, and after a crash it also reads
@@ -24,10 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from emostream.settings import Settings
-
 if TYPE_CHECKING:
-    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql import SparkSession
 
 log = logging.getLogger("emostream.processor.dead_letters")
 
@@ -106,6 +104,7 @@ class DeadLetterWriter:
 
     ``write_range(start, end)`` is the Spark batch job (read, parse, write rejects);
     it runs on a thread of its own, in batch order, never inside Spark's listener.
+    :meth:`start` reads the saved position and starts that thread.
     """
 
     def __init__(
@@ -117,8 +116,7 @@ class DeadLetterWriter:
         self._position_file = position_file
         self._write_range = write_range
         self._on_written = on_written
-        saved = position_file.read()
-        self.position: Offsets | None = saved["written_through"] if saved else None
+        self.position: Offsets | None = None
         self.written = 0
         self.last_error: str | None = None
         self._saved_at = time.monotonic()
@@ -126,7 +124,12 @@ class DeadLetterWriter:
         self._batches: queue.Queue[BatchRange | None] = queue.Queue()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="dead-letters", daemon=True)
+
+    def start(self) -> DeadLetterWriter:
+        saved = self._position_file.read()
+        self.position = saved["written_through"] if saved else None
         self._thread.start()
+        return self
 
     @property
     def pending(self) -> int:
@@ -138,6 +141,8 @@ class DeadLetterWriter:
 
     def stop(self, timeout: float = 10.0) -> None:
         """Finish what is queued if it is quick; what is not written is read again after a restart."""
+        if not self._thread.is_alive():
+            return
         self._batches.put(None)
         self._thread.join(timeout)
         self._stop.set()
@@ -199,43 +204,3 @@ class DeadLetterWriter:
             self._saved_at = time.monotonic()
         except Exception as error:  # the next batch saves again; a restart re-reads a little more
             log.warning("could not save the dead-letter position: %s", error)
-
-
-def batch_job(
-    spark: SparkSession, settings: Settings, rejects_of: Callable[[DataFrame], DataFrame]
-) -> Callable[[Offsets | None, Offsets], int]:
-    """The Spark batch job that writes the rejects among ``[start, end)`` of ``emoji_topic``."""
-
-    def write_range(start: Offsets | None, end: Offsets) -> int:
-        partitions = {topic: sorted(int(p) for p in parts) for topic, parts in end.items()}
-        # Spark wants every assigned partition in startingOffsets; -2 is the earliest offset.
-        first = {
-            topic: {str(p): min((start or {}).get(topic, {}).get(str(p), -2), end[topic][str(p)]) for p in parts}
-            for topic, parts in partitions.items()
-        }
-        records = (
-            spark.read.format("kafka")
-            .option("kafka.bootstrap.servers", settings.kafka_bootstrap)
-            .option("assign", json.dumps(partitions))
-            .option("startingOffsets", json.dumps(first))
-            .option("endingOffsets", json.dumps(end))
-            .option("failOnDataLoss", "false")
-            .load()
-        )
-        # Poison is rare: one pass over the range keeps just the rejects in memory to count and write them.
-        letters = rejects_of(records).persist()
-        try:
-            written = letters.count()
-            if written:
-                (
-                    letters.write.format("kafka")
-                    .option("kafka.bootstrap.servers", settings.kafka_bootstrap)
-                    .option("topic", settings.dead_letter_topic)
-                    .save()
-                )
-                log.info("wrote %d dead letter(s) to %s", written, settings.dead_letter_topic)
-        finally:
-            letters.unpersist()
-        return written
-
-    return write_range

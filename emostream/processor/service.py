@@ -1,13 +1,14 @@
 """The processor's running service around its streaming query.
 
 A StreamingQueryListener turns each micro-batch's progress into Prometheus metrics, a
-summary log line every few seconds, and work for the dead-letter writer; a small HTTP
-server answers ``/healthz`` and ``/metrics``; :class:`Processor` owns the query and
-stops it on request.
+summary log line every few seconds, and work for the dead-letter writer; an
+:class:`~emostream.http.OpsServer` answers ``/healthz`` and ``/metrics``; :class:`Processor`
+owns the query: built, then ``start()``-ed, and stopped on request.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import threading
@@ -16,14 +17,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from flask import Flask
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from pyspark.sql.streaming import StreamingQueryListener
 from pyspark.sql.streaming.listener import JStreamingQueryListener, QueryProgressEvent
-from werkzeug.serving import BaseWSGIServer, make_server
 
-from emostream.processor.dead_letters import BatchRange, DeadLetterWriter, Offsets, PositionFile, offsets
-from emostream.http import install_json_errors, metrics_response
+from emostream.http import OK, STARTING, UNAVAILABLE, Health, OpsServer
+from emostream.processor import ACCEPTED, COUNTS_OBSERVATION, QUERY_NAME
+from emostream.processor.dead_letters import BatchRange, DeadLetterWriter, PositionFile, offsets
+from emostream.processor.job import checkpoint, start_query, write_dead_letters
 from emostream.settings import Settings
 
 if TYPE_CHECKING:
@@ -33,9 +34,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("emostream.processor")
 
-# Name of the observation (Dataset.observe) the query reports its accepted and rejected counts under.
-COUNTS_OBSERVATION = "records"
-ACCEPTED = "accepted"
 SUMMARY_EVERY_SECONDS = 10.0
 BATCH_SECONDS_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0)
 
@@ -105,8 +103,8 @@ class _ProgressAsJson(JStreamingQueryListener):
     """Hands progress reports to Python as one JSON string.
 
     pyspark builds each report from some forty calls into the JVM, several of them
-    resolved by searching the class path; in a profile at two micro-batches a second
-    that was a fifth of the driver JVM's samples. One call for the report's JSON is cheap.
+    resolved by searching the class path, and at a sub-second trigger that showed up
+    among the driver JVM's busiest work. One call for the report's JSON is cheap.
     """
 
     def onQueryProgress(self, jevent: Any) -> None:
@@ -233,31 +231,36 @@ class ProgressListener(JsonProgressListener):
 
 
 class Processor:
-    """The running processor: the streaming query, its listener, the dead-letter writer, the endpoint."""
+    """The running processor: the streaming query, its listener, the dead-letter writer, /healthz and /metrics.
 
-    def __init__(
-        self,
-        spark: SparkSession,
-        settings: Settings,
-        query_name: str,
-        start_query: Callable[[], StreamingQuery],
-        write_dead_letters: Callable[[Offsets | None, Offsets], int],
-        dead_letter_position: str,
-    ):
+    Building one starts nothing; :meth:`start` starts the query and the endpoint, :meth:`stop`
+    stops them (the checkpoint keeps the query's place for the next start).
+    """
+
+    def __init__(self, spark: SparkSession, settings: Settings):
         self.spark = spark
         self.settings = settings
         self.metrics = ProcessorMetrics()
         self.query: StreamingQuery | None = None
-        self.server: BaseWSGIServer | None = None
+        self.ops: OpsServer | None = None
         self.dead_letters = DeadLetterWriter(
-            PositionFile(spark, dead_letter_position), write_dead_letters, on_written=self.metrics.dead_letters.inc
+            PositionFile(spark, checkpoint(settings, "dead-letters.json")),
+            functools.partial(write_dead_letters, spark, settings),
+            on_written=self.metrics.dead_letters.inc,
         )
-        self.listener = ProgressListener(self.metrics, query_name, settings.trigger_ms, self._on_batch)
-        spark.streams.addListener(self.listener)
+        self.listener = ProgressListener(self.metrics, QUERY_NAME, settings.trigger_ms, self._on_batch)
+
+    def start(self) -> Processor:
+        settings = self.settings
         try:
-            self.query = start_query()
+            self.dead_letters.start()
+            # Listening before the query starts, so not even its first batch is missed.
+            self.spark.streams.addListener(self.listener)
+            self.query = start_query(self.spark, settings)
             self.listener.watch(self.query)
-            self.server = serve(create_app(self), settings.ops_host, settings.processor_metrics_port)
+            self.ops = OpsServer(
+                "processor", settings.ops_host, settings.processor_metrics_port, self.health, self.metrics.registry
+            ).start()
         except BaseException:
             self.stop()
             raise
@@ -271,31 +274,34 @@ class Processor:
             settings.trigger_ms,
             settings.watermark_ms,
             settings.checkpoint_dir,
-            checkpoint_file_system(spark, settings.checkpoint_dir),
+            checkpoint_file_system(self.spark, settings.checkpoint_dir),
             settings.ops_host,
-            settings.processor_metrics_port,
+            self.ops.port,
         )
+        return self
 
     def _on_batch(self, batch: BatchRange) -> None:
         self.dead_letters.on_batch(batch)
         self.metrics.dead_letter_backlog.set(self.dead_letters.pending)
 
-    def health(self) -> tuple[bool, dict[str, Any]]:
+    def health(self) -> Health:
+        """ok while the query runs, unavailable once it has stopped, starting before :meth:`start`."""
         status = self.listener.status
         letters = self.dead_letters
         self.metrics.dead_letter_backlog.set(letters.pending)
-        body = {
-            "status": "ok" if status.active else "failing",
-            "query": {
-                "name": self.listener.query_name,
-                "active": status.active,
-                "batch_id": status.batch_id,
-                "last_progress_at": status.last_progress_at,
-                "error": status.error,
+        return Health(
+            STARTING if self.query is None else OK if status.active else UNAVAILABLE,
+            {
+                "query": {
+                    "name": self.listener.query_name,
+                    "active": status.active,
+                    "batch_id": status.batch_id,
+                    "last_progress_at": status.last_progress_at,
+                    "error": status.error,
+                },
+                "dead_letters": {"backlog": letters.pending, "written": letters.written, "error": letters.last_error},
             },
-            "dead_letters": {"backlog": letters.pending, "written": letters.written, "error": letters.last_error},
-        }
-        return status.active, body
+        )
 
     def run_until(self, stop: threading.Event) -> int:
         """Wait for ``stop`` (a signal) or a failed query; 0 when asked to stop, 1 on failure."""
@@ -325,36 +331,12 @@ class Processor:
             self.spark.streams.removeListener(self.listener)
         except Exception as error:
             log.debug("removing the listener: %s", error)
-        if self.server is not None:
-            self.server.shutdown()
-            self.server.server_close()
-            self.server = None
+        if self.ops is not None:
+            self.ops.stop()
+            self.ops = None
 
 
 def checkpoint_file_system(spark: SparkSession, location: str) -> str:
     """The Hadoop file system class the checkpoint is written through (see emostream.processor.spark)."""
     path = spark._jvm.org.apache.hadoop.fs.Path(location)
     return path.getFileSystem(spark._jsc.hadoopConfiguration()).getClass().getSimpleName()
-
-
-def create_app(processor: Processor) -> Flask:
-    app = Flask("emostream.processor")
-    install_json_errors(app)
-
-    @app.get("/healthz")
-    def healthz():
-        healthy, body = processor.health()
-        return body, 200 if healthy else 503
-
-    @app.get("/metrics")
-    def metrics():
-        return metrics_response(processor.metrics.registry)
-
-    return app
-
-
-def serve(app: Flask, host: str, port: int) -> BaseWSGIServer:
-    """Serve ``app`` from a daemon thread; ``shutdown()`` stops it."""
-    server = make_server(host, port, app, threaded=True)
-    threading.Thread(target=server.serve_forever, name="processor-http", daemon=True).start()
-    return server

@@ -1,5 +1,8 @@
 """The SparkSession of the processor, with Spark's Kafka connector on its classpath.
 
+With a local master the driver logs through the project's log4j2 file (log4j2.properties
+beside this module); a cluster's driver keeps the logging Spark is configured with there.
+
 ``python -m emostream.processor.spark`` prints the connector jars as a comma-separated list
 for ``spark-submit --jars``; ``python -m emostream.processor.spark --submit-args MASTER`` prints
 every argument ``bin/spark-submit`` adds, one per line.
@@ -44,9 +47,9 @@ def connector_jars(settings: Settings) -> list[Path]:
 
 
 # Hadoop's local file system runs chmod and readlink as programs when its native library is
-# missing, and pyspark ships none: a micro-batch spawned some 25 processes from the driver JVM
-# for its checkpoint files (offset log, commit log, a state delta per shuffle partition), which
-# cost 75 ms of each batch and a good part of a core. In local mode with a local checkpoint,
+# missing, and pyspark ships none: every micro-batch spawned a process from the driver JVM for
+# each of its checkpoint files (offset log, commit log, a state delta per shuffle partition),
+# a visible share of each batch and of a core. In local mode with a local checkpoint,
 # the processor uses EmoStream's ForklessLocalFileSystem (jvm/src/main/java), which sets
 # permissions in-process, and Spark's FileSystem-based checkpoint manager, whose renames do not
 # read links; a rename on a local disk is atomic either way. On a cluster nothing changes: the
@@ -76,10 +79,24 @@ def local_checkpoint_conf(settings: Settings, master: str) -> dict[str, str]:
     }
 
 
+LOG4J2_FILE = Path(__file__).with_name("log4j2.properties")
+
+
+def local_logging_conf(master: str) -> dict[str, str]:
+    """The driver JVM's option that puts the project's log4j2 file in effect, for a local master.
+
+    On a cluster the driver keeps the log4j2 configuration Spark has there (SPARK_CONF_DIR).
+    """
+    if not master.startswith("local"):
+        return {}
+    # A file URI: a space in a path would split the option in two.
+    return {"spark.driver.extraJavaOptions": f"-Dlog4j2.configurationFile={LOG4J2_FILE.as_uri()}"}
+
+
 def submit_args(settings: Settings, master: str) -> list[str]:
     """What bin/spark-submit adds to its command line for ``master``: the jars and the conf above."""
     args = ["--jars", ",".join(str(j) for j in connector_jars(settings))]
-    for key, value in local_checkpoint_conf(settings, master).items():
+    for key, value in (local_checkpoint_conf(settings, master) | local_logging_conf(master)).items():
         args += ["--conf", f"{key}={value}"]
     return args
 
@@ -106,7 +123,9 @@ def session(settings: Settings, app_name: str = "emostream-processor") -> SparkS
             .config("spark.driver.memory", settings.spark_driver_memory)
             .config("spark.ui.enabled", str(settings.spark_ui).lower())
         )
-        for key, value in local_checkpoint_conf(settings, settings.spark_master).items():
+        for key, value in (
+            local_checkpoint_conf(settings, settings.spark_master) | local_logging_conf(settings.spark_master)
+        ).items():
             builder = builder.config(key, value)
         if settings.spark_master.startswith("local"):
             # Nothing outside this machine needs to reach a local driver, nor its web UI, which
@@ -121,8 +140,21 @@ def session(settings: Settings, app_name: str = "emostream-processor") -> SparkS
         .config("spark.ui.showConsoleProgress", "false")  # progress bars garble a service's log
     )
     spark = builder.getOrCreate()
-    spark.sparkContext.setLogLevel("WARN")
+    if not launched_by_spark_submit():
+        leave_sigterm_to_python(spark)
     return spark
+
+
+def leave_sigterm_to_python(spark: SparkSession) -> None:
+    """Make the driver JVM that pyspark started ignore SIGTERM, as pyspark makes it ignore SIGINT.
+
+    A SIGTERM sent to the whole process group (a service manager, the tests) would otherwise
+    run the JVM's shutdown hooks while Python is stopping the query through it, and Python's
+    calls would fail mid-stop. Python stops the query, then Spark; the JVM exits when Python
+    does (it watches its stdin), so nothing outlives the service.
+    """
+    jvm = spark._jvm
+    jvm.sun.misc.Signal.handle(jvm.sun.misc.Signal("TERM"), jvm.sun.misc.SignalHandler.SIG_IGN)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from emostream.settings import Settings
-from emostream.wire import EVENT_ID_RE, USER_ID_RE
+from emostream.wire import EVENT_ID_RE, USER_ID_RE, java_full_match
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
@@ -82,10 +82,10 @@ def parse_records(records: DataFrame, settings: Settings) -> DataFrame:
         F.when(F.col("value").isNull() | (F.length("value") == 0), F.lit(EMPTY))
         .when(event[CORRUPT].isNotNull() & ~F.is_valid_utf8(text), F.lit(NOT_UTF8))
         .when(event.isNull() | (event[CORRUPT].isNotNull() & F.json_object_keys(text).isNull()), F.lit(NOT_JSON_OBJECT))
-        .when(event["user_id"].isNull() | ~event["user_id"].rlike(USER_ID_RE.pattern), F.lit(BAD_USER_ID))
+        .when(event["user_id"].isNull() | ~event["user_id"].rlike(java_full_match(USER_ID_RE)), F.lit(BAD_USER_ID))
         .when(event["emoji_type"].isNull(), F.lit(BAD_EMOJI_TYPE))
         .when(emoji_index(settings, event["emoji_type"]) == 0, F.lit(UNKNOWN_EMOJI))
-        .when(event["event_id"].isNull() | ~event["event_id"].rlike(EVENT_ID_RE.pattern), F.lit(BAD_EVENT_ID))
+        .when(event["event_id"].isNull() | ~event["event_id"].rlike(java_full_match(EVENT_ID_RE)), F.lit(BAD_EVENT_ID))
         .when(event["timestamp"].isNull(), F.lit(BAD_TIMESTAMP))
         .when(event["received_at"].isNull() | (event["received_at"] <= 0), F.lit(BAD_RECEIVED_AT))
     )
@@ -177,8 +177,8 @@ def wall_clock_ms() -> Column:
     """The time a record is built, in epoch milliseconds.
 
     Not current_timestamp(): on a stream Spark turns that into a literal of the
-    micro-batch's start, so every batch generates and compiles its code anew (the JIT
-    then kept about a third of a core busy). A call to the clock is evaluated per row.
+    micro-batch's start, so every batch generates and compiles its code anew, and the
+    JIT compiler stays busy with it. A call to the clock is evaluated per row.
     """
     return F.expr("reflect('java.lang.System', 'currentTimeMillis')").cast("long")
 

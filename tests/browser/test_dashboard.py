@@ -7,7 +7,7 @@ import re
 import pytest
 from playwright.sync_api import expect
 
-from tests.browser.conftest import screenshot, wait_until
+from tests.harness.browser import screenshot, wait_until
 from tests.harness.support import ServiceProcess
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration, pytest.mark.spark, pytest.mark.slow]

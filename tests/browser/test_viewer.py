@@ -7,7 +7,7 @@ import re
 import pytest
 from playwright.sync_api import expect
 
-from tests.browser.conftest import DESKTOP, PHONE, event_id, screenshot, wait_for_window_start
+from tests.harness.browser import DESKTOP, PHONE, event_id, screenshot, wait_for_window_start
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration, pytest.mark.spark, pytest.mark.slow]
 

@@ -13,7 +13,7 @@ import psutil
 import pytest
 from playwright.sync_api import expect
 
-from tests.browser.conftest import event_id, membership, screenshot, wait_for_window_start
+from tests.harness.browser import event_id, membership, screenshot, wait_for_window_start
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration, pytest.mark.spark, pytest.mark.faults]
 

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from emostream.clients.simulator import Crowd, CrowdPlan, parse_mix
+from emostream.clients.crowd import Crowd, CrowdPlan, parse_mix
 from tests.harness.stack import Stack, running_stack, unique_stack_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

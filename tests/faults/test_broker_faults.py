@@ -1,6 +1,6 @@
 """One Kafka broker of three SIGKILLed under load, and later restarted.
 
-The whole stack runs against a 3-node KRaft cluster of its own (emostream.devstack.clusters,
+The whole stack runs against a 3-node KRaft cluster of its own (emostream.devstack.kafka_cluster,
 every node a broker and a controller in its own JVM), with every topic at replication
 factor 3 and ``min.insync.replicas=2``: with one node gone, writes with ``acks=all``
 still succeed and the crowd should notice nothing but a pause.
@@ -15,9 +15,9 @@ from collections.abc import Iterator
 import pytest
 
 from emostream import kafka
-from emostream.devstack.clusters import KafkaCluster
+from emostream.devstack.kafka_cluster import KafkaCluster
 from emostream.settings import Settings
-from tests.faults.conftest import fault_settings
+from tests.harness.fault_stack import fault_settings
 from tests.harness.faults import (
     TracedCrowd,
     assert_every_acknowledged_emoji_counted_once,

@@ -1,6 +1,6 @@
 """The processor submitted to a Spark standalone cluster, SIGKILLed under load and restarted.
 
-A master and one worker (emostream.devstack.clusters, started from the pyspark installation)
+A master and one worker (emostream.devstack.spark_cluster, started from the pyspark installation)
 run the processor's executors; the processor itself is the driver. Killing the driver
 ends its application on the cluster; the restarted processor is a new application that
 resumes from the checkpoint.
@@ -18,9 +18,9 @@ from functools import partial
 import pytest
 import requests
 
-from emostream.devstack.clusters import SparkStandalone
+from emostream.devstack.spark_cluster import SparkStandalone
 from emostream.settings import Settings
-from tests.faults.conftest import fault_settings
+from tests.harness.fault_stack import fault_settings
 from tests.harness.faults import (
     TracedCrowd,
     assert_every_acknowledged_emoji_counted_once,

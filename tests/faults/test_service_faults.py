@@ -21,10 +21,10 @@ import psutil
 import pytest
 import requests
 
-from emostream.ingest.journal import COMMIT, SUFFIX
 from emostream.clients.viewer import Viewer
+from emostream.ingest.journal import COMMIT, SUFFIX
 from tests.harness.fanout import membership
-from tests.faults.conftest import FaultStack
+from tests.harness.fault_stack import FaultStack
 from tests.harness.faults import (
     TracedCrowd,
     assert_every_acknowledged_emoji_counted_once,

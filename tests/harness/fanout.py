@@ -11,23 +11,27 @@ from typing import Any
 import requests
 
 from emostream import kafka
+from emostream.clients.viewer import Viewer
 from emostream.fanout.ops import ensure_fanout_topics
 from emostream.settings import Settings
-from emostream.clients.viewer import Viewer
 from emostream.wire import make_aggregate
-from tests.conftest import unique_topics
+from tests.harness.settings import unique_topics
 from tests.harness.support import free_port
 
 
 def fanout_settings(base: Settings, **overrides: Any) -> Settings:
-    """Topics of their own, free ports, nodes on port 0, and heartbeats fast enough for tests."""
+    """Topics of their own, free ports, nodes on port 0, and heartbeats fast enough for tests.
+
+    The expiry leaves room for a loaded test machine: a node that stalls for a few seconds
+    must not be taken for dead in a test about something else.
+    """
     settings = unique_topics(base).replace(
         subscriber_base_port=0,
         registration_port=free_port(),
         manager_port=free_port(),
         pubsub_metrics_port=free_port(),
-        heartbeat_seconds=0.5,
-        heartbeat_expiry_seconds=2.0,
+        heartbeat_seconds=1.0,
+        heartbeat_expiry_seconds=6.0,
         token_ttl_seconds=600,
         **overrides,
     )

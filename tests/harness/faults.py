@@ -29,9 +29,9 @@ from typing import Any
 import psutil
 
 from emostream import kafka
+from emostream.clients.crowd import Crowd, CrowdPlan, parse_mix
 from emostream.fanout.ops import fanout_topics
 from emostream.settings import Settings
-from emostream.clients.simulator import Crowd, CrowdPlan, parse_mix
 from tests.harness.support import read_topic
 
 # After every window has its count, how long to keep watching for counts that grow past it.
@@ -70,10 +70,9 @@ class TracedCrowd(Crowd):
                 return False
         return bool(ledger.accepted_by_window)
 
-    async def _send(self, session, semaphore, event_id, user_ids, emoji) -> None:
+    async def _send(self, session, event_id, user_ids, emoji) -> None:
         users = [f"{self.run_id}.{next(self._serial)}" for _ in user_ids]
-        async with semaphore:
-            received_at = await self._post(session, event_id, users, emoji)
+        received_at = await self._post(session, event_id, users, emoji)
         if received_at is None:
             self.unanswered.update(users)
             return

@@ -11,9 +11,9 @@ from pathlib import Path
 import requests
 
 from emostream import kafka
-from emostream.settings import Settings
+from emostream.settings import ROOT, Settings
 from emostream.wire import now_ms
-from tests.conftest import unique_topics
+from tests.harness.settings import unique_topics
 from tests.harness.support import ServiceProcess, free_port, read_topic, wait_http
 
 
@@ -30,7 +30,7 @@ def stack_settings(settings: Settings, clusters: int = 1, subscribers_per_cluste
         subscribers_per_cluster=subscribers_per_cluster,
         ingest_workers=1,
         heartbeat_seconds=1.0,
-        heartbeat_expiry_seconds=4.0,
+        heartbeat_expiry_seconds=6.0,
     )
     return settings.replace(**(defaults | changes))
 
@@ -40,9 +40,10 @@ class Stack:
 
     SERVICES = ("emoji_processor.py", "app.py", "registration_app.py", "pubsub_service.py", "subscriber_manager.py")
 
-    def __init__(self, settings: Settings, log_dir: Path):
+    def __init__(self, settings: Settings, log_dir: Path, root: Path = ROOT):
         self.settings = settings
         self.log_dir = log_dir
+        self.root = root  # the checkout whose services run (see ServiceProcess)
         self.processes: dict[str, ServiceProcess] = {}
 
     @property
@@ -54,7 +55,7 @@ class Stack:
         return f"http://127.0.0.1:{self.settings.registration_port}"
 
     def start_service(self, script: str) -> ServiceProcess:
-        process = ServiceProcess(script, self.settings, self.log_dir)
+        process = ServiceProcess(script, self.settings, self.log_dir, root=self.root)
         self.processes[script] = process
         return process
 
@@ -108,7 +109,7 @@ class Stack:
         wanted = s.clusters * s.subscribers_per_cluster
         while time.monotonic() < deadline:
             nodes = requests.get(f"{self.registration_url}/subscribers", timeout=5).json()
-            if len(_live_nodes(nodes)) >= wanted:
+            if nodes["live_nodes"] >= wanted:
                 return
             time.sleep(0.5)
         raise TimeoutError(f"fewer than {wanted} subscriber nodes announced themselves:\n{self.logs()}")
@@ -169,10 +170,3 @@ def running_stack(
         yield stack
     finally:
         stack.stop()
-
-
-def _live_nodes(membership) -> list:
-    nodes = membership.get("subscribers", membership) if isinstance(membership, dict) else membership
-    if isinstance(nodes, dict):
-        nodes = list(nodes.values())
-    return [n for n in nodes if isinstance(n, dict) and n.get("status", "live") in ("live", "alive", "up", "ready")]

@@ -83,17 +83,29 @@ def wait_http(url: str, timeout: float = 30.0, process: subprocess.Popen | None 
 
 
 class ServiceProcess:
-    """One of the top-level scripts run as a child process with the given settings."""
+    """One of the top-level scripts run as a child process with the given settings.
 
-    def __init__(self, script: str, settings: Settings, log_dir: Path, *args: str, env: dict[str, str] | None = None):
+    ``root`` is the checkout whose scripts run: this one, or (for a benchmark's same-run
+    baseline) a worktree of an earlier commit, whose scripts import their own ``emostream``.
+    """
+
+    def __init__(
+        self,
+        script: str,
+        settings: Settings,
+        log_dir: Path,
+        *args: str,
+        env: dict[str, str] | None = None,
+        root: Path = ROOT,
+    ):
         self.script = script
+        self.root = root
         self.log_path = log_dir / f"{Path(script).stem}-{int(time.time() * 1000)}.log"
         child_env = {**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1", **(env or {})}
-        child_env["PYTHONPATH"] = str(ROOT)
         self._log = open(self.log_path, "wb")
         self.process = subprocess.Popen(
             self.command(script, args),
-            cwd=ROOT,
+            cwd=root,
             env=child_env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -102,7 +114,7 @@ class ServiceProcess:
 
     def command(self, script: str, args: tuple[str, ...]) -> list[str]:
         """The child's command line: a top-level Python script, run by the tests' interpreter."""
-        return [sys.executable, str(ROOT / script), *args]
+        return [sys.executable, str(self.root / script), *args]
 
     @property
     def pid(self) -> int:
@@ -136,3 +148,29 @@ class ServiceProcess:
 
     def kill(self) -> None:
         self.stop(timeout=10, sig=signal.SIGKILL)
+
+
+class MissingMetric(AssertionError):
+    """A metric a test reads is not exposed at all (renamed, or never registered)."""
+
+
+def metric_value(text: str, name: str, default: float | None = None, **labels: str) -> float:
+    """The value of sample ``name`` with ``labels`` in a Prometheus exposition.
+
+    A sample that is not there fails the test, unless the caller says what its absence means
+    (``default``): a labelled counter appears only once its label has been used.
+    """
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    if default is None:
+        raise MissingMetric(f"no sample {name}{labels or ''} in the metrics")
+    return default
+
+
+def metric_of(url: str, name: str, default: float | None = None, **labels: str) -> float:
+    """One sample of the /metrics at ``url`` (see :func:`metric_value`)."""
+    return metric_value(requests.get(url, timeout=5).text, name, default, **labels)

@@ -12,13 +12,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
-from kafka.admin import ConfigResource, ConfigResourceType
 
 from emostream import kafka
-from emostream.devstack.clusters import KafkaCluster
+from emostream.devstack.kafka_cluster import KafkaCluster
 from emostream.settings import ROOT, Settings
-from tests.conftest import unique_topics
 from tests.harness.clusters import assert_stop_ends_every_process, parse_exports
+from tests.harness.settings import unique_topics
 from tests.harness.support import free_port, leader_of, read_topic
 
 pytestmark = pytest.mark.integration
@@ -101,25 +100,15 @@ def test_every_pipeline_topic_has_three_replicas_and_min_insync_replicas_2(start
     client = kafka.admin(started.settings)
     try:
         described = client.describe_topics(names)
-        configs = client.describe_configs(
-            [ConfigResource(ConfigResourceType.TOPIC, name, configs={"min.insync.replicas": None}) for name in names]
-        )
     finally:
         client.close()
+    configs = kafka.topic_configs(started.settings, names)
 
     assert sorted(t["name"] for t in described) == sorted(names)
     replicas = {(t["name"], p["partition_index"]): len(p["replica_nodes"]) for t in described for p in t["partitions"]}
     assert set(replicas.values()) == {3}
-    min_isr = {name: values["min.insync.replicas"] for name, values in _topic_configs(configs).items()}
+    min_isr = {name: values["min.insync.replicas"] for name, values in configs.items()}
     assert min_isr == dict.fromkeys(names, "2")
-
-
-def _topic_configs(described) -> dict[str, dict[str, str]]:
-    """kafka-python's describe_configs answer as {topic: {key: value}}."""
-    out = {}
-    for name, entries in described["topic"].items():
-        out[name] = {key: entry["value"] for key, entry in entries.items()}
-    return out
 
 
 @pytest.mark.faults

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 import pytest
 
 from emostream import kafka
-from emostream.devstack.clusters import LegacyKafka, four_letter_word
+from emostream.devstack.legacy_kafka import LegacyKafka, four_letter_word
 from emostream.settings import ROOT, Settings
-from tests.conftest import unique_topics
 from tests.harness.clusters import assert_stop_ends_every_process
+from tests.harness.settings import unique_topics
 from tests.harness.support import free_port, read_topic
 
 pytestmark = pytest.mark.integration

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import pytest
 
 from emostream import kafka
-from emostream.devstack.clusters import SparkStandalone
+from emostream.devstack.spark_cluster import SparkStandalone
 from emostream.settings import ROOT, Settings
 from tests.harness.clusters import assert_stop_ends_every_process, parse_exports
 from tests.harness.support import free_port
@@ -93,7 +93,6 @@ def test_a_kafka_batch_job_runs_on_the_cluster_executors_with_the_connector_jars
         **settings.to_env(),
         **started.exports,
         "SPARK_EXECUTOR_MEMORY": "512m",  # half of what the worker offers, as the guide suggests for small workers
-        "PYTHONPATH": str(ROOT),
     }
     done = subprocess.run(
         [sys.executable, "-m", "tests.integration.test_cluster_spark", settings.emoji_topic],

@@ -10,12 +10,11 @@ import asyncio
 import time
 
 import pytest
-import requests
 
-from emostream.settings import Settings
 from emostream.clients.viewer import Viewer
+from emostream.settings import Settings
 from tests.harness.fanout import fanout_settings, live_nodes, membership, registration_url, wait_until
-from tests.harness.support import ServiceProcess, wait_http
+from tests.harness.support import ServiceProcess, metric_of, wait_http
 
 pytestmark = pytest.mark.integration
 
@@ -46,10 +45,7 @@ def small_cluster(base_settings: Settings, tmp_path_factory: pytest.TempPathFact
 
 
 def manager_metric(settings: Settings, name: str) -> float:
-    for line in requests.get(f"http://127.0.0.1:{settings.manager_port}/metrics", timeout=5).text.splitlines():
-        if line.startswith(name + "{") or line.startswith(name + " "):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
+    return metric_of(f"http://127.0.0.1:{settings.manager_port}/metrics", name)
 
 
 def test_a_full_cluster_gets_a_new_node_that_takes_new_viewers_and_it_is_retired_when_idle(small_cluster):

@@ -16,8 +16,8 @@ import pytest
 import requests
 import socketio
 
-from emostream.settings import Settings
 from emostream.clients.viewer import Viewer
+from emostream.settings import Settings
 from emostream.wire import TokenClaims, issue_token
 from tests.harness.fanout import (
     fanout_settings,

@@ -11,7 +11,7 @@ import uuid
 import pytest
 
 from emostream import kafka
-from emostream.devstack.broker import BrokerNode, KafkaError, pid_alive
+from emostream.devstack.broker import BrokerError, BrokerNode, pid_alive
 from emostream.settings import ROOT
 from tests.harness.support import free_port, read_topic
 
@@ -41,6 +41,50 @@ def test_ensure_topics_is_idempotent_and_creates_the_configured_partitions(setti
     finally:
         client.close()
     assert len(described[settings.emoji_topic]["partitions"]) == settings.emoji_partitions
+
+
+def test_every_declared_topic_channels_included_is_created_with_its_configuration(settings):
+    specs = kafka.topics(settings)
+    assert {kafka.channel_topic(settings, cluster) for cluster in range(settings.clusters)} <= {s.name for s in specs}
+
+    configs = kafka.topic_configs(settings, [spec.name for spec in specs])
+
+    for spec in specs:
+        assert dict(spec.config).items() <= configs[spec.name].items(), spec.name
+
+
+def test_a_consumer_assigned_at_the_end_reads_only_what_is_written_afterwards(settings):
+    topic = settings.aggregate_topic
+    producer = kafka.producer(settings)
+    producer.send(topic, key="k", value={"n": 0})
+    producer.flush(timeout=30)
+    consumer = kafka.consumer(settings)
+    try:
+        assigned = kafka.assign_at_end(consumer, topic)
+        producer.send(topic, key="k", value={"n": 1})
+        producer.flush(timeout=30)
+        values = []
+        for _ in range(50):
+            for records in consumer.poll(timeout_ms=200).values():
+                values += [record.value["n"] for record in records]
+            if values:
+                break
+    finally:
+        consumer.close()
+        producer.close()
+
+    assert [(p.topic, p.partition) for p in assigned] == [(topic, 0)]
+    assert values == [1]
+    assert kafka.end_offsets(settings, topic) == {0: 2}
+
+
+def test_a_topic_that_does_not_exist_is_the_layers_topic_not_found(settings):
+    consumer = kafka.consumer(settings)
+    try:
+        with pytest.raises(kafka.TopicNotFound, match="has no partitions"):
+            kafka.partitions(consumer, f"no_such_topic.{uuid.uuid4().hex}", timeout=0.5)
+    finally:
+        consumer.close()
 
 
 @pytest.mark.spark
@@ -137,6 +181,6 @@ def test_start_refuses_with_a_clear_message_when_the_port_is_taken(spare_node):
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", spare_node.port))
         squatter.listen()
-        with pytest.raises(KafkaError, match=f"port 127.0.0.1:{spare_node.port} is taken by another process"):
+        with pytest.raises(BrokerError, match=f"port 127.0.0.1:{spare_node.port} is taken by another process"):
             spare_node.start()
     assert spare_node.pid() is None

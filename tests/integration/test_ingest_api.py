@@ -16,9 +16,9 @@ from emostream.ingest.api import create_app, ingest_of, shutdown
 from emostream.ingest.journal import read_segment
 from emostream.settings import Settings
 from emostream.wire import now_ms
-from tests.conftest import unique_topics
 from tests.harness.ingest import create_emoji_topic, records_of
-from tests.harness.support import free_port
+from tests.harness.settings import unique_topics
+from tests.harness.support import free_port, metric_value
 
 pytestmark = pytest.mark.integration
 
@@ -101,6 +101,36 @@ def test_accepted_emoji_appear_on_emoji_topic_once_each_with_their_fields_and_ke
     assert [r.value["emoji_type"] for r in sorted(same_user, key=lambda r: r.offset)] == ["👏", "😂"]
 
 
+def test_the_original_projects_send_emoji_path_answers_exactly_like_emoji(client, ingest_settings):
+    """POST /send-emoji (the original project's path) is /emoji: same answers, both intake paths."""
+    allowed = ingest_settings.cors_origins[0]
+    tag = uuid.uuid4().hex[:8]
+    bodies = [
+        (json.dumps(event(f"{tag}-ok", HEART), ensure_ascii=False).encode(), "application/json"),
+        (json.dumps(event(f"{tag}-bad", "🦄")).encode(), "application/json"),
+        (json.dumps([event(f"{tag}-list")]).encode(), "application/json"),
+        (b"{not json", "application/json"),
+        (json.dumps(event(f"{tag}-text")).encode(), "text/plain"),
+    ]
+
+    def answer(response):
+        body = response.get_json()
+        body.pop("received_at", None)
+        return response.status_code, response.headers["Content-Type"], body
+
+    for headers in ({}, {"Origin": allowed}):
+        for body, content_type in bodies:
+            original = client.post("/send-emoji", data=body, content_type=content_type, headers=headers)
+            current = client.post("/emoji", data=body, content_type=content_type, headers=headers)
+            assert answer(original) == answer(current), (headers, body[:40])
+    assert post_json(client, "/send-emoji", event(f"{tag}-ok", HEART)).status_code == 202
+
+    # The good body was accepted five times (each path, with and without an Origin, and once more):
+    # five records, nothing of the refused bodies.
+    records = records_of(ingest_settings, {f"{tag}-ok", f"{tag}-bad", f"{tag}-list", f"{tag}-text"}, expected=5)
+    assert Counter(r.value["user_id"] for r in records) == {f"{tag}-ok": 5}
+
+
 def _iso(ms: int) -> str:
     from datetime import UTC, datetime
 
@@ -124,12 +154,6 @@ def test_healthz_reports_kafka_reachable(client, ingest_settings):
 
 
 def test_metrics_count_accepted_rejected_sent_and_request_latency(client, ingest_settings):
-    def sample(text: str, name: str) -> float:
-        for line in text.splitlines():
-            if line.split(" ")[0] == name:
-                return float(line.rsplit(" ", 1)[1])
-        return 0.0
-
     before = client.get("/metrics").get_data(as_text=True)
     tag = uuid.uuid4().hex[:8]
     post_json(client, "/emojis", [event(f"{tag}-{n}") for n in range(5)])
@@ -137,19 +161,22 @@ def test_metrics_count_accepted_rejected_sent_and_request_latency(client, ingest
     records_of(ingest_settings, {f"{tag}-{n}" for n in range(5)}, expected=5, settle=0.3)
     after = client.get("/metrics").get_data(as_text=True)
 
+    accepted = "emostream_ingest_accepted_emoji_total"
+    assert metric_value(after, accepted) - metric_value(before, accepted) == 5
+    invalid = "emostream_ingest_rejected_requests_total"
+    # The labelled counter appears with its first rejection.
     assert (
-        sample(after, "emostream_ingest_accepted_emoji_total") - sample(before, "emostream_ingest_accepted_emoji_total")
-        == 5
+        metric_value(after, invalid, reason="invalid_event")
+        - metric_value(before, invalid, 0.0, reason="invalid_event")
+        == 1
     )
-    invalid = 'emostream_ingest_rejected_requests_total{reason="invalid_event"}'
-    assert sample(after, invalid) - sample(before, invalid) == 1
-    for family in (
-        "emostream_ingest_sent_emoji_total",
-        "emostream_ingest_send_errors_total",
-        "emostream_ingest_buffered_emoji",
-        'emostream_ingest_request_seconds_count{endpoint="emojis"}',
+    for name, labels in (
+        ("emostream_ingest_sent_emoji_total", {}),
+        ("emostream_ingest_send_errors_total", {}),
+        ("emostream_ingest_buffered_emoji", {}),
+        ("emostream_ingest_request_seconds_count", {"endpoint": "emojis"}),
     ):
-        assert family in after
+        metric_value(after, name, **labels)  # fails when the metric is not exposed
 
 
 # --------------------------------------------------------------------------- bad input

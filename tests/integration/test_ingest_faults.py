@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 import requests
 
-from emostream.ingest.journal import read_segment
 from emostream.devstack.broker import BrokerNode
+from emostream.ingest.journal import read_segment
 from emostream.settings import ROOT, Settings
 from emostream.wire import now_ms
-from tests.conftest import unique_topics
 from tests.harness.ingest import create_emoji_topic, records_of, start_ingest
+from tests.harness.settings import unique_topics
 from tests.harness.support import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]

@@ -13,9 +13,9 @@ import requests
 
 from emostream.settings import Settings
 from emostream.wire import now_ms
-from tests.conftest import unique_topics
 from tests.harness.ingest import create_emoji_topic, records_of, start_ingest
-from tests.harness.support import free_port, read_topic
+from tests.harness.settings import unique_topics
+from tests.harness.support import free_port, metric_of, read_topic
 
 pytestmark = pytest.mark.integration
 
@@ -35,11 +35,7 @@ def post_batches(port: int, batches: list[list[dict]]) -> list[int]:
 
 
 def metric(port: int, name: str) -> float:
-    text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
-    for line in text.splitlines():
-        if line.split(" ")[0] == name:
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
+    return metric_of(f"http://127.0.0.1:{port}/metrics", name)
 
 
 @pytest.fixture(scope="module")

@@ -23,12 +23,13 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-import emoji_processor
 from emostream import kafka
+from emostream.processor import QUERY_NAME
 from emostream.processor import transforms as aggregation
 from emostream.processor.dead_letters import PositionFile
-from emostream.settings import Settings
+from emostream.processor.service import Processor
 from emostream.processor.spark import FILE_SYSTEM_CHECKPOINTS, FORKLESS_FILE_SYSTEM
+from emostream.settings import Settings
 from emostream.wire import EmojiEvent, aggregate_key, now_ms, scaled_count, validate_aggregate
 from tests.harness.support import ROOT, ServiceProcess, free_port, read_topic, wait_http
 
@@ -128,18 +129,36 @@ def fast(settings: Settings) -> Settings:
 
 
 @pytest.fixture
-def start_processor(spark, fast: Settings) -> Iterator[Callable[..., emoji_processor.Processor]]:
+def start_processor(spark, fast: Settings) -> Iterator[Callable[..., Processor]]:
     """Starts the processor's queries in this process; a test produces its backlog first,
     so the first micro-batch holds all of it and no emoji can fall behind the watermark."""
-    started: list[emoji_processor.Processor] = []
+    started: list[Processor] = []
 
-    def start(settings: Settings | None = None) -> emoji_processor.Processor:
-        started.append(emoji_processor.create_processor(spark, settings or fast))
+    def start(settings: Settings | None = None) -> Processor:
+        started.append(Processor(spark, settings or fast).start())
         return started[-1]
 
     yield start
     for running in started:
         running.stop()
+
+
+def test_a_processor_starts_its_query_and_endpoint_only_when_started(spark, fast):
+    processor = Processor(spark, fast)
+    try:
+        assert [query.name for query in spark.streams.active] == []
+        assert metric_unreachable(fast.processor_metrics_port)
+        assert processor.health().status == "starting"
+
+        processor.start()
+        assert [query.name for query in spark.streams.active] == [QUERY_NAME]
+        health = requests.get(f"http://127.0.0.1:{fast.processor_metrics_port}/healthz", timeout=5)
+        assert health.status_code == 200
+        assert health.json()["status"] == "ok"
+    finally:
+        processor.stop()
+    assert spark.streams.active == []
+    assert processor.health().status == "unavailable"
 
 
 def test_last_record_per_key_equals_the_exact_counts_of_several_events_and_windows(fast, start_processor):
@@ -368,6 +387,9 @@ def test_a_killed_processor_restarts_from_its_checkpoint_and_the_counts_stay_exa
     assert "resumed from the checkpoint" in log
     assert code == 0, log
     assert "processor stopped" in log
+    assert "Traceback" not in log
+    # At a 200 ms trigger most micro-batches overrun it: the processor's summary says so, Spark does not.
+    assert "falling behind" not in log
 
 
 class SparkSubmitted(ServiceProcess):
@@ -393,3 +415,5 @@ def test_the_processor_runs_under_bin_spark_submit(settings, log_dir):
     assert code in (0, 128 + signal.SIGTERM), log
     # bin/spark-submit passed the settings that write a local checkpoint in-process.
     assert "(through ForklessLocalFileSystem)" in log
+    assert "Traceback" not in log
+    assert "falling behind" not in log  # and the project's log4j2 file

@@ -16,7 +16,7 @@ import pytest
 import requests
 
 from emostream.wire import now_ms
-from tests.security.conftest import SecurityStack
+from tests.harness.security import SecurityStack
 from tests.harness.support import read_topic
 
 pytestmark = pytest.mark.integration

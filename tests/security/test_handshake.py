@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from emostream.clients.viewer import Viewer
 from emostream.wire import TokenClaims, issue_token
 from tests.harness.fanout import live_nodes, publish_aggregates, wait_until, windows
-from tests.security.conftest import SecurityStack
+from tests.harness.security import SecurityStack
 
 pytestmark = pytest.mark.integration
 

@@ -24,9 +24,10 @@ from schemathesis import GenerationMode
 from schemathesis import checks as st_checks
 from schemathesis.core import NOT_SET
 
+from emostream import kafka
 from emostream.settings import ROOT
 from emostream.wire import DEFAULT_EVENT_ID, now_ms
-from tests.security.conftest import SecurityStack
+from tests.harness.security import SecurityStack
 from tests.harness.support import read_topic
 
 pytestmark = pytest.mark.integration
@@ -34,6 +35,7 @@ pytestmark = pytest.mark.integration
 OPENAPI = ROOT / "docs" / "openapi.yaml"
 INGEST_OPERATIONS = [
     ("POST", "/emoji"),
+    ("POST", "/send-emoji"),
     ("POST", "/emojis"),
     ("GET", "/emoji-types"),
     ("GET", "/healthz"),
@@ -152,7 +154,7 @@ def test_ingest_answers_every_described_and_malformed_request_per_its_descriptio
     schema = openapi_schema()
     tally = Tally()
     # The topic is the suite's: only what is written from here on is this test's.
-    before = end_offsets(stack.settings, stack.settings.emoji_topic)
+    before = kafka.end_offsets(stack.settings, stack.settings.emoji_topic)
 
     def count_accepted(case, response):
         if response.status_code != 202:
@@ -212,20 +214,6 @@ def test_registration_answers_every_described_and_malformed_request_per_its_desc
     answer = requests.post(stack.registration_url + "/register", json={"event_id": "after-fuzz"}, timeout=5)
     assert answer.status_code == 200, answer.text
     assert all(stack.alive().values()), stack.alive()
-
-
-def end_offsets(settings, topic: str) -> dict[int, int]:
-    """The next offset of every partition of ``topic``."""
-    from kafka import TopicPartition
-
-    from emostream import kafka
-
-    probe = kafka.consumer(settings)
-    try:
-        partitions = [TopicPartition(topic, p) for p in sorted(probe.partitions_for_topic(topic) or ())]
-        return {tp.partition: offset for tp, offset in probe.end_offsets(partitions).items()}
-    finally:
-        probe.close()
 
 
 def report_figures(service: str, tally: Tally, **extra: Any) -> None:

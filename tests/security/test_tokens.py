@@ -31,10 +31,9 @@ from emostream.fanout.registration import create_app as create_registration_app
 from emostream.ingest.api import create_app as create_ingest_app
 from emostream.ingest.batcher import EmojiBatcher
 from emostream.settings import ROOT, Settings
-from emostream.clients.viewer import EMOJI_UPDATE
-from emostream.wire import TokenClaims, issue_token
+from emostream.wire import EMOJI_UPDATE, TokenClaims, issue_token
 from tests.harness.fanout import live_nodes, publish_aggregates, wait_until, windows
-from tests.security.conftest import SecurityStack
+from tests.harness.security import SecurityStack
 
 pytestmark = pytest.mark.integration
 

@@ -21,9 +21,11 @@ def at(*positions: int) -> dict[str, dict[str, int]]:
 class MemoryPositionFile:
     def __init__(self, value: Any = None):
         self.value = value
+        self.reads = 0
         self.writes = 0
 
     def read(self) -> Any:
+        self.reads += 1
         return self.value
 
     def write(self, value: Any) -> None:
@@ -55,9 +57,33 @@ def follow(writer: DeadLetterWriter, *batches: BatchRange) -> None:
     writer.stop(timeout=10)
 
 
+def test_a_writer_reads_its_position_and_starts_its_thread_only_when_started():
+    reads, position = Reads(), MemoryPositionFile({"written_through": at(4, 4)})
+    threads = threading.active_count()
+    writer = DeadLetterWriter(position, reads)
+
+    assert position.reads == 0
+    assert threading.active_count() == threads
+    assert writer.position is None
+
+    writer.start()
+    assert position.reads == 1
+    assert writer.position == at(4, 4)
+    writer.stop(timeout=10)
+
+
+def test_a_writer_never_started_stops_at_once():
+    writer = DeadLetterWriter(MemoryPositionFile(), Reads())
+
+    started = time.monotonic()
+    writer.stop(timeout=10)
+
+    assert time.monotonic() - started < 1
+
+
 def test_batches_without_rejects_are_never_read_again():
     reads, position = Reads(), MemoryPositionFile()
-    writer = DeadLetterWriter(position, reads)
+    writer = DeadLetterWriter(position, reads).start()
 
     follow(writer, BatchRange(0, None, at(10, 10), 0), BatchRange(1, at(10, 10), at(25, 20), 0))
 
@@ -68,7 +94,7 @@ def test_batches_without_rejects_are_never_read_again():
 def test_a_batch_with_rejects_is_read_again_from_the_position_through_its_end():
     reads, position = Reads(letters=2), MemoryPositionFile()
     written = []
-    writer = DeadLetterWriter(position, reads, on_written=written.append)
+    writer = DeadLetterWriter(position, reads, on_written=written.append).start()
 
     follow(
         writer,
@@ -85,7 +111,7 @@ def test_a_batch_with_rejects_is_read_again_from_the_position_through_its_end():
 
 def test_the_first_batch_of_a_fresh_checkpoint_reads_from_the_earliest_offsets():
     reads = Reads()
-    writer = DeadLetterWriter(MemoryPositionFile(), reads)
+    writer = DeadLetterWriter(MemoryPositionFile(), reads).start()
 
     follow(writer, BatchRange(0, None, at(5, 7), 1))
 
@@ -95,7 +121,7 @@ def test_the_first_batch_of_a_fresh_checkpoint_reads_from_the_earliest_offsets()
 def test_after_a_crash_the_range_nobody_followed_is_read_even_without_counted_rejects():
     # The last saved position is behind where the query resumes: those batches ran unobserved.
     reads = Reads()
-    writer = DeadLetterWriter(MemoryPositionFile({"written_through": at(10, 10)}), reads)
+    writer = DeadLetterWriter(MemoryPositionFile({"written_through": at(10, 10)}), reads).start()
 
     follow(writer, BatchRange(7, at(40, 35), at(50, 45), 0), BatchRange(8, at(50, 45), at(60, 50), 0))
 
@@ -104,7 +130,7 @@ def test_after_a_crash_the_range_nobody_followed_is_read_even_without_counted_re
 
 def test_a_batch_whose_rejects_are_unknown_is_read_again():
     reads = Reads()
-    writer = DeadLetterWriter(MemoryPositionFile({"written_through": at(3, 3)}), reads)
+    writer = DeadLetterWriter(MemoryPositionFile({"written_through": at(3, 3)}), reads).start()
 
     follow(writer, BatchRange(4, at(3, 3), at(9, 9), None))
 
@@ -114,7 +140,7 @@ def test_a_batch_whose_rejects_are_unknown_is_read_again():
 def test_a_failed_write_is_retried_and_the_position_waits_for_it(monkeypatch):
     monkeypatch.setattr(dead_letters, "RETRY_SECONDS", 0.01)
     reads, position = Reads(failures=2), MemoryPositionFile()
-    writer = DeadLetterWriter(position, reads)
+    writer = DeadLetterWriter(position, reads).start()
 
     writer.on_batch(BatchRange(0, None, at(4, 4), 1))
     assert reads.done.wait(10)
@@ -128,7 +154,7 @@ def test_a_failed_write_is_retried_and_the_position_waits_for_it(monkeypatch):
 def test_a_write_interrupted_by_stop_leaves_the_position_before_it(monkeypatch):
     monkeypatch.setattr(dead_letters, "RETRY_SECONDS", 30)
     reads, position = Reads(failures=1000), MemoryPositionFile({"written_through": at(1, 1)})
-    writer = DeadLetterWriter(position, reads)
+    writer = DeadLetterWriter(position, reads).start()
 
     writer.on_batch(BatchRange(3, at(1, 1), at(8, 8), 4))
     deadline = time.monotonic() + 10

@@ -83,18 +83,6 @@ def test_an_older_heartbeat_arriving_late_does_not_roll_a_node_back():
     assert members.get("c0-s0").connections == 5
 
 
-def test_clusters_watching_an_event_are_those_with_live_viewers_of_it():
-    members = Membership(expiry_seconds=6)
-    members.apply("c0-s0", heartbeat("c0-s0", events={"final": 3}))
-    members.apply("c1-s0", heartbeat("c1-s0", events={"semi": 1}))
-    members.apply("c2-s0", heartbeat("c2-s0", events={"final": 1}))
-    members.apply("c2-s1", heartbeat("c2-s1", at=NOW - 60_000, events={"semi": 1}))  # dead
-
-    assert members.clusters_watching("final", now=NOW) == {0, 2}
-    assert members.clusters_watching("semi", now=NOW) == {1}
-    assert members.clusters_watching("nobody", now=NOW) == set()
-
-
 def test_nodes_are_listed_in_cluster_then_index_order():
     members = Membership(expiry_seconds=6)
     for node_id in ["c1-s10", "c0-s2", "c1-s2", "c0-s0"]:

@@ -178,3 +178,24 @@ def test_extra_blueprints_mount_on_the_same_app(settings, members, control):
 
     assert client.get("/").get_data(as_text=True) == "viewer page"
     assert client.post("/register").status_code == 200
+
+
+CONTROL_SUFFIXES = ["\n", "\r\n", "\r", "\t", "\x00", "\x1b", "\u2028", " "]
+
+
+@pytest.mark.parametrize("suffix", CONTROL_SUFFIXES)
+@pytest.mark.parametrize("field", ["client_id", "event_id"])
+def test_register_refuses_an_id_with_a_trailing_newline_or_control_character(client, field, suffix):
+    response = client.post("/register", json={field: "phone-1" + suffix})
+
+    assert response.status_code == 400
+    assert field in response.get_json()["error"]
+
+
+@pytest.mark.parametrize("suffix", CONTROL_SUFFIXES)
+def test_unregister_refuses_a_client_id_with_a_trailing_newline_or_control_character(client, suffix):
+    token = client.post("/register", json={"client_id": "phone-1"}).get_json()["token"]
+
+    response = client.post("/unregister", json={"client_id": "phone-1" + suffix, "token": token})
+
+    assert response.status_code == 400

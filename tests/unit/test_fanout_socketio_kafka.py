@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
 
-from emostream.fanout.socketio_kafka import (
-    DISCONNECT_CLIENT,
-    KafkaClientManager,
-    channel_topic,
-    channel_topics,
-    token_digest,
-)
+from emostream import kafka
+from emostream.fanout.ops import fanout_topics
+from emostream.fanout.socketio_kafka import DISCONNECT_CLIENT, KafkaClientManager, token_digest
 from emostream.settings import Settings
 
 
@@ -35,7 +32,7 @@ def settings():
 
 def test_a_write_only_emit_sends_json_bytes_to_the_cluster_channel_without_flushing(settings):
     producer = RecordingProducer()
-    manager = KafkaClientManager(settings, channel_topic(settings, 1), write_only=True, producer=producer)
+    manager = KafkaClientManager(settings, kafka.channel_topic(settings, 1), write_only=True, producer=producer)
 
     for n in range(3):
         manager.emit("emoji_update", {"event_id": "final", "n": n}, namespace="/", room="final")
@@ -50,7 +47,7 @@ def test_a_write_only_emit_sends_json_bytes_to_the_cluster_channel_without_flush
 
 
 def test_control_messages_are_handed_to_their_handler_and_library_messages_to_the_library(settings):
-    manager = KafkaClientManager(settings, channel_topic(settings, 0), producer=RecordingProducer())
+    manager = KafkaClientManager(settings, kafka.channel_topic(settings, 0), producer=RecordingProducer())
     seen, emitted = [], []
     manager.control_handlers[DISCONNECT_CLIENT] = seen.append
     manager._handle_emit = emitted.append
@@ -67,7 +64,7 @@ def test_control_messages_are_handed_to_their_handler_and_library_messages_to_th
 
 def test_publish_control_only_takes_emostream_methods(settings):
     producer = RecordingProducer()
-    manager = KafkaClientManager(settings, channel_topic(settings, 0), write_only=True, producer=producer)
+    manager = KafkaClientManager(settings, kafka.channel_topic(settings, 0), write_only=True, producer=producer)
 
     manager.publish_control(DISCONNECT_CLIENT, client_id="v1")
     with pytest.raises(ValueError):
@@ -76,6 +73,14 @@ def test_publish_control_only_takes_emostream_methods(settings):
     assert json.loads(producer.sent[0][1])["method"] == DISCONNECT_CLIENT
 
 
-def test_there_is_one_channel_topic_per_cluster_and_token_digests_are_stable(settings):
-    assert [spec.name for spec in channel_topics(settings)] == [channel_topic(settings, c) for c in range(3)]
-    assert token_digest("abc") == token_digest("abc") != token_digest("abd")
+def test_every_cluster_has_its_own_channel_topic_declared_with_the_pipelines_topics(settings):
+    channels = {kafka.channel_topic(settings, cluster) for cluster in range(3)}
+
+    assert len(channels) == 3
+    assert channels <= {spec.name for spec in kafka.topics(settings)}  # so bin/kafka-create-topics makes them
+    assert channels <= {spec.name for spec in fanout_topics(settings)}
+
+
+def test_token_digests_are_stable_and_tell_tokens_apart():
+    assert token_digest("abc") == hashlib.sha256(b"abc").hexdigest()[:32]
+    assert token_digest("abd") != token_digest("abc")

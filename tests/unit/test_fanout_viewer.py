@@ -5,7 +5,8 @@ from __future__ import annotations
 import itertools
 import random
 
-from emostream.clients.viewer import Delivery, RegistrationError, backoff_delays
+from emostream.clients.registration import RegistrationError
+from emostream.clients.viewer import Delivery, backoff_delays
 
 
 def test_backoff_grows_exponentially_up_to_the_maximum_and_is_jittered_below_each_ceiling():

@@ -9,10 +9,10 @@ import time
 from pathlib import Path
 
 import pytest
-from kafka.errors import KafkaTimeoutError
 
-from emostream.ingest.batcher import EmojiBatcher, Offer
+from emostream.ingest.batcher import EmojiBatcher, Offer, next_flush_at
 from emostream.ingest.journal import read_segment
+from emostream.kafka import KafkaError, KafkaTimeout, QueueFull
 from emostream.settings import Settings
 
 
@@ -35,16 +35,17 @@ class FakeFuture:
 class ScriptedProducer:
     """Acknowledges at once, or holds acknowledgements (``hold``), or refuses sends (``refuse``)."""
 
-    def __init__(self, hold: bool = False, refuse: int = 0) -> None:
+    def __init__(self, hold: bool = False, refuse: int = 0, refusal: Exception | None = None) -> None:
         self.hold = hold
         self.refuse = refuse
+        self.refusal = refusal or KafkaTimeout("Failed to update metadata")
         self.sent: list[tuple[str, bytes, FakeFuture]] = []
         self.closed = False
 
     def send(self, topic: str, value: bytes | None = None, key: str | None = None, on_ack=None) -> FakeFuture:
         if self.refuse > 0:
             self.refuse -= 1
-            raise KafkaTimeoutError("Failed to update metadata")
+            raise self.refusal
         future = FakeFuture(on_ack)
         if not self.hold:
             future.resolve()
@@ -58,11 +59,11 @@ class ScriptedProducer:
 
     def flush(self, timeout: float | None = None) -> None:
         if any(not future.is_done for _, _, future in self.sent):
-            raise KafkaTimeoutError("Timeout waiting for future")
+            raise KafkaTimeout("Timeout waiting for future")
 
     def close(self, timeout: float | None = None) -> None:
         self.closed = True
-        self.acknowledge(KafkaTimeoutError("producer closed"))
+        self.acknowledge(KafkaTimeout("producer closed"))
 
     def keys(self) -> list[str]:
         return [key for key, _, _ in self.sent]
@@ -144,6 +145,28 @@ def test_records_the_producer_refused_are_sent_again_in_order_and_once(tmp_path,
     assert producer.keys() == [key for key, _ in sent]
 
 
+@pytest.mark.parametrize(
+    ("refusal", "producers_built"),
+    [(QueueFull("Local: Queue full"), 1), (KafkaError("Local: Fatal error", fatal=True), 2)],
+)
+def test_a_producer_is_replaced_only_when_it_refused_records_for_good(tmp_path, refusal, producers_built):
+    built: list[ScriptedProducer] = []
+
+    def build() -> ScriptedProducer:
+        built.append(ScriptedProducer(refuse=1 if not built else 0, refusal=refusal))
+        return built[-1]
+
+    batcher = EmojiBatcher(make_settings(tmp_path), build, probe=lambda: True, probe_interval=0.01).start()
+    try:
+        batcher.offer(records("u", 3))
+        eventually(lambda: batcher.held == 0)
+    finally:
+        batcher.close(timeout=1)
+
+    assert len(built) == producers_built
+    assert built[-1].acknowledged_keys() == [key for key, _ in records("u", 3)]
+
+
 def test_records_awaiting_acknowledgement_are_never_sent_a_second_time(tmp_path, running):
     producer = ScriptedProducer(hold=True)
     batcher = running(make_settings(tmp_path), producer)
@@ -167,7 +190,7 @@ def test_records_whose_delivery_failed_are_sent_again_until_acknowledged(tmp_pat
     batcher.offer(sent)
     eventually(lambda: len(producer.sent) == 5)
     producer.hold = False
-    producer.acknowledge(KafkaTimeoutError("Expiring 5 record(s): 120000 ms has passed since batch creation"))
+    producer.acknowledge(KafkaTimeout("Expiring 5 record(s): 120000 ms has passed since batch creation"))
     eventually(lambda: batcher.held == 0)
 
     assert producer.acknowledged_keys() == [key for key, _ in sent]
@@ -281,7 +304,7 @@ def test_a_record_whose_delivery_failed_keeps_its_segment_until_it_is_sent_again
     batcher.offer(records("u", 3))
     eventually(lambda: len(producer.sent) == 3)
     producer.sent[0][2].resolve()
-    producer.sent[1][2].resolve(KafkaTimeoutError("Expiring 1 record(s)"))
+    producer.sent[1][2].resolve(KafkaTimeout("Expiring 1 record(s)"))
     producer.sent[2][2].resolve()
     eventually(lambda: len(producer.sent) == 4)  # the failed one, again
 
@@ -305,3 +328,36 @@ def test_a_journal_that_cannot_be_written_refuses_the_request_and_keeps_nothing_
     assert batcher.held == 1
     assert segment_keys(tmp_path) == [key for key, _ in records("ok", 1)]
     assert batcher.offer(records("again", 1)) is Offer.ACCEPTED
+
+
+@pytest.mark.parametrize(
+    ("now", "expected"),
+    [
+        (1000.00, 1000.45),  # on a multiple: the lead before the next one
+        (1000.37, 1000.45),
+        (1000.45, 1000.95),  # exactly at a flush time: that flush is now, the next is an interval on
+        (1000.46, 1000.95),
+        (1000.99, 1001.45),
+    ],
+)
+def test_timed_flushes_land_the_lead_before_each_multiple_of_the_interval_since_the_epoch(now, expected):
+    assert next_flush_at(now, interval=0.5, lead=0.05) == pytest.approx(expected)
+
+
+def test_the_flusher_schedules_its_next_flush_on_that_phase(tmp_path, monkeypatch):
+    batcher = EmojiBatcher(
+        make_settings(tmp_path, flush_interval_ms=500, flush_lead_ms=50), lambda: ScriptedProducer(), probe=lambda: True
+    )
+    monkeypatch.setattr(time, "time", lambda: 1_765_000_000.37)
+    monkeypatch.setattr(time, "monotonic", lambda: 50.0)
+
+    assert batcher._next_flush() == pytest.approx(50.08)
+
+
+def test_the_lead_is_kept_within_half_an_interval(tmp_path):
+    batcher = EmojiBatcher(
+        make_settings(tmp_path, flush_interval_ms=100, flush_lead_ms=400),
+        lambda: ScriptedProducer(),
+        probe=lambda: True,
+    )
+    assert batcher.lead == pytest.approx(0.05)

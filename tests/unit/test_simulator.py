@@ -2,7 +2,10 @@
 
 import pytest
 
-from emostream.clients.simulator import Ledger, Probes, parse_mix, percentile
+from emostream.clients.books import Ledger
+from emostream.clients.crowd import parse_mix
+from emostream.clients.probes import ProbeLatencies, ProbeLedger, Tap
+from emostream.clients.report import percentile
 from emostream.wire import make_aggregate
 
 
@@ -56,7 +59,7 @@ def test_a_stale_aggregate_does_not_replace_a_fuller_one():
 
 
 def test_probe_latency_is_measured_from_the_tap_to_the_first_aggregate_counting_it():
-    probes = Probes(window_ms=2000)
+    probes = ProbeLatencies(window_ms=2000)
     probes.record(received_at=10_100, sent_at=10.0)
     probes.record(received_at=10_600, sent_at=10.5)
     probes.observe({"window_start": 10_000, "total": 1}, arrived_at=10.9)
@@ -66,7 +69,7 @@ def test_probe_latency_is_measured_from_the_tap_to_the_first_aggregate_counting_
 
 
 def test_probe_latency_is_split_into_the_stages_the_clocks_mark():
-    probes = Probes(window_ms=2000)
+    probes = ProbeLatencies(window_ms=2000)
     probes.record(received_at=10_030, sent_at=10.0)
     probes.observe({"window_start": 10_000, "total": 1, "emitted_at": 10_700}, arrived_at=10.9)
     assert {stage: [round(ms) for ms in values] for stage, values in probes.stages_ms.items()} == {
@@ -74,6 +77,26 @@ def test_probe_latency_is_split_into_the_stages_the_clocks_mark():
         "ingest to aggregate": [670],
         "aggregate to viewer": [200],
     }
+
+
+def test_the_probe_ledger_hands_each_tap_to_the_first_record_that_counts_it_in_sending_order():
+    ledger = ProbeLedger(event_id="probe", emoji="🔥")
+    ledger.record(2000, Tap(sent_at=11.0))
+    ledger.record(2000, Tap(sent_at=10.0))  # recorded late, sent first
+    record = {"event_id": "probe", "window_start": 2000, "counts": {"🔥": 1, "👏": 5}, "total": 6}
+    assert ledger.counted(record) == [Tap(10.0)]
+    assert ledger.counted(record) == []  # the same count again
+    assert ledger.counted(record | {"event_id": "live", "counts": {"🔥": 2}}) == []  # another event
+    assert ledger.counted(record | {"counts": {"🔥": 3}}) == [Tap(11.0)]  # more than was tapped
+    assert ledger.counted("not an aggregate") == []
+
+
+def test_the_probe_ledger_forgets_windows_long_past():
+    ledger = ProbeLedger(keep_ms=10_000)
+    ledger.record(0, Tap(sent_at=0.5))
+    ledger.record(20_000, Tap(sent_at=20.5))
+    assert ledger.counted({"window_start": 0, "total": 1}) == []
+    assert ledger.counted({"window_start": 20_000, "total": 1}) == [Tap(20.5)]
 
 
 def test_percentile_uses_the_nearest_rank():

@@ -51,13 +51,23 @@ def test_a_missing_jar_is_a_clear_error_in_local_mode(jars):
         spark.local_checkpoint_conf(settings(jars, "/tmp/checkpoints"), "local[*]")
 
 
-def test_spark_submit_gets_the_connector_and_in_local_mode_the_checkpoint_settings(jars, monkeypatch):
+def test_spark_submit_gets_the_connector_and_in_local_mode_the_checkpoint_and_logging_settings(jars, monkeypatch):
     monkeypatch.setattr(spark, "pyspark_jars_dir", lambda: jars / "none")
     local = spark.submit_args(settings(jars, "/tmp/checkpoints"), "local[*]")
     assert local[:2] == ["--jars", str(jars / "spark" / "spark-sql-kafka-0-10_2.13-4.2.0.jar")]
-    assert local[2:] == [
-        arg
-        for key, value in spark.local_checkpoint_conf(settings(jars, "/tmp/checkpoints"), "local[*]").items()
-        for arg in ("--conf", f"{key}={value}")
-    ]
+    conf = spark.local_checkpoint_conf(settings(jars, "/tmp/checkpoints"), "local[*]") | spark.local_logging_conf(
+        "local[*]"
+    )
+    assert local[2:] == [arg for key, value in conf.items() for arg in ("--conf", f"{key}={value}")]
     assert spark.submit_args(settings(jars, "/tmp/checkpoints"), "spark://spark-master:7077") == local[:2]
+
+
+@pytest.mark.parametrize("master", ["local", "local[*]", "local[2]", "local-cluster[2,1,1024]"])
+def test_a_local_driver_logs_through_the_projects_log4j2_file(master):
+    options = spark.local_logging_conf(master)["spark.driver.extraJavaOptions"]
+    assert options == f"-Dlog4j2.configurationFile={spark.LOG4J2_FILE.as_uri()}"
+    assert spark.LOG4J2_FILE.is_file()
+
+
+def test_a_cluster_driver_keeps_the_logging_spark_has_there():
+    assert spark.local_logging_conf("spark://spark-master:7077") == {}

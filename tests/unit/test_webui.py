@@ -9,8 +9,10 @@ from flask import Flask
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from emostream import webui
-from emostream.http import install_json_errors
+from emostream.http import STATUSES, Health, install_json_errors
 from emostream.settings import Settings
+from emostream.webui import dashboard, pages, probe
+from emostream.webui.services import Fetched, Service, Sources
 from tests.harness.support import free_port
 
 
@@ -63,7 +65,7 @@ def test_page_assets_are_served_and_unknown_ones_are_404_json(client):
 
 
 def test_socketio_client_comes_from_the_npm_package(client):
-    if not (webui.SOCKETIO_DIST / "socket.io.min.js").is_file():
+    if not (pages.SOCKETIO_DIST / "socket.io.min.js").is_file():
         pytest.skip("web/node_modules is not installed (bin/setup runs npm ci)")
     response = client.get("/web/vendor/socket.io.min.js")
     assert response.status_code == 200
@@ -77,7 +79,7 @@ def test_only_the_socketio_client_files_are_exposed_from_node_modules(client):
 
 
 def test_a_missing_socketio_client_is_a_503_that_says_what_to_run(client, monkeypatch, tmp_path):
-    monkeypatch.setattr(webui, "SOCKETIO_DIST", tmp_path)
+    monkeypatch.setattr(pages, "SOCKETIO_DIST", tmp_path)
     response = client.get("/web/vendor/socket.io.min.js")
     assert response.status_code == 503
     assert "bin/setup" in response.get_json()["error"]
@@ -94,13 +96,13 @@ def test_config_tells_the_page_the_ingest_on_its_own_host_and_the_server_time(cl
 
 def test_a_configured_public_ingest_url_wins():
     settings = Settings.from_env(environ={}, ingest_public_url="https://ingest.example/")
-    assert webui.ingest_url(settings, "127.0.0.1:5001") == "https://ingest.example"
-    assert "https://ingest.example" in webui.content_security_policy(settings, "127.0.0.1:5001")
+    assert pages.ingest_url(settings, "127.0.0.1:5001") == "https://ingest.example"
+    assert "https://ingest.example" in pages.content_security_policy(settings, "127.0.0.1:5001")
 
 
 def test_ipv6_page_hosts_give_a_bracketed_ingest_url():
     settings = Settings.from_env(environ={}, ingest_port=5000)
-    assert webui.ingest_url(settings, "[::1]:5001") == "http://[::1]:5000"
+    assert pages.ingest_url(settings, "[::1]:5001") == "http://[::1]:5000"
 
 
 def test_dashboard_data_reports_unreachable_services_as_down(client):
@@ -113,9 +115,40 @@ def test_dashboard_data_reports_unreachable_services_as_down(client):
         "registration",
     }
     assert not any(service["up"] for service in data["services"])
-    assert all(service["status"] == "not reachable" for service in data["services"])
+    assert all(service["status"] == "unavailable" for service in data["services"])
+    assert all(service["error"] == "not reachable" for service in data["services"])
     assert data["clusters"] == []
     assert data["series"]["counters"]["ingest_emoji"] is None
+
+
+# --------------------------------------------------------------------------- reading /healthz
+
+SERVICE = Service("ingest", "Ingest", "http://127.0.0.1:5000")
+
+
+@pytest.mark.parametrize(
+    ("health", "up"),
+    [(Health.of(True), True), (Health.of(False, "starting"), False), (Health.of(False), False)],
+)
+def test_a_services_health_is_read_from_its_status_word(health, up):
+    body, code = health.response()
+    state = dashboard.service_state(SERVICE, Fetched(code == 200, code, body), has_metrics=True)
+    assert (state["status"], state["up"], state["error"]) == (health.status, up, None)
+
+
+@pytest.mark.parametrize(
+    ("answer", "error"),
+    [
+        (Fetched(False, error="not reachable"), "not reachable"),
+        (Fetched(True, 200, {"alive": True}), "no health status in the answer"),
+        (Fetched(False, 500, {"status": "failing"}, error="HTTP 500"), "HTTP 500"),
+        (Fetched(False, 503, error="unreadable answer: not JSON"), "unreadable answer: not JSON"),
+    ],
+)
+def test_a_health_answer_without_a_known_status_word_is_unavailable(answer, error):
+    state = dashboard.service_state(SERVICE, answer, has_metrics=False)
+    assert state["status"] in STATUSES
+    assert (state["status"], state["up"], state["error"]) == ("unavailable", False, error)
 
 
 # --------------------------------------------------------------------------- reading /metrics
@@ -125,33 +158,33 @@ def _exposition() -> str:
     registry = CollectorRegistry()
     Counter("emostream_ingest_accepted_emoji", "accepted", registry=registry).inc(42)
     batches = Histogram(
-        "emostream_processor_batch_duration_seconds", "batches", ["query"], buckets=(0.1, 0.5, 1.0), registry=registry
+        "emostream_processor_batch_duration_seconds", "batches", buckets=(0.1, 0.5, 1.0), registry=registry
     )
-    batches.labels("emostream-aggregates").observe(0.3)
-    batches.labels("emostream-aggregates").observe(0.7)
-    batches.labels("emostream-dead-letters").observe(0.05)
-    Gauge("emostream_processor_last_batch_duration_seconds", "last", ["query"], registry=registry).labels(
-        "emostream-aggregates"
-    ).set(0.7)
+    batches.observe(0.3)
+    batches.observe(0.7)
+    Gauge("emostream_processor_last_batch_duration_seconds", "last", registry=registry).set(0.7)
     return generate_latest(registry).decode()
 
 
 def test_counters_are_read_by_their_exposed_name():
-    samples = webui.parse_metrics(_exposition())
-    assert webui.total(samples, "emostream_ingest_accepted_emoji_total") == 42
-    assert webui.total(samples, "emostream_not_exposed_total") is None
+    samples = dashboard.parse_metrics(_exposition())
+    assert dashboard.total(samples, "emostream_ingest_accepted_emoji_total") == 42
+    assert dashboard.total(samples, "emostream_not_exposed_total") is None
 
 
-def test_batch_histogram_counts_only_the_aggregate_query():
-    samples = webui.parse_metrics(_exposition())
-    batches = webui.histogram(
-        samples,
-        "emostream_processor_batch_duration_seconds",
-        where=lambda labels: labels["query"].endswith("aggregates"),
-    )
+def test_batch_histogram_is_read_as_cumulative_buckets_with_an_infinite_one():
+    samples = dashboard.parse_metrics(_exposition())
+    batches = dashboard.histogram(samples, "emostream_processor_batch_duration_seconds")
     assert batches["count"] == 2
     assert batches["sum"] == pytest.approx(1.0)
     assert batches["buckets"] == [[0.1, 0.0], [0.5, 1.0], [1.0, 2.0], [None, 2.0]]
+
+
+def test_the_processors_batch_times_reach_the_charts():
+    processor = dashboard.parse_metrics(_exposition())
+    plotted = dashboard.series({"processor": processor}, [])
+    assert plotted["gauges"]["processor_last_batch_seconds"] == pytest.approx(0.7)
+    assert plotted["histograms"]["processor_batch_seconds"]["count"] == 2
 
 
 def _node(node_id: str, cluster: int, connections: int, alive: bool = True, **extra) -> dict:
@@ -177,33 +210,33 @@ def test_membership_becomes_clusters_of_nodes_with_their_load():
             _node("c0-s1", 0, 2, alive=False, status="stopping"),
         ]
     }
-    clusters = webui.normalize_membership(body)
+    clusters = dashboard.normalize_membership(body)
     assert [c["cluster"] for c in clusters] == ["0", "1"]
     assert [n["id"] for n in clusters[0]["nodes"]] == ["c0-s0", "c0-s1", "c0-s2", "c0-s10"]
     assert clusters[1]["nodes"][0]["load"] == 0.5
     assert [n["status"] for n in clusters[0]["nodes"][:2]] == ["silent", "stopping"]
 
-    series = webui.series({}, clusters)
+    series = dashboard.series({}, clusters)
     assert series["gauges"]["viewers"] == 6  # dead and stopping nodes' viewers are not connected any more
     assert series["gauges"]["nodes_live"] == 3
     assert series["gauges"]["nodes_total"] == 5
 
 
 def test_the_dashboards_probe_is_not_counted_as_a_viewer():
-    probe = {webui.PROBE_EVENT_ID: 1, "final": 3}
-    clusters = webui.normalize_membership({"subscribers": [_node("c0-s0", 0, 4, events=probe)]})
+    events = {probe.PROBE_EVENT_ID: 1, "final": 3}
+    clusters = dashboard.normalize_membership({"subscribers": [_node("c0-s0", 0, 4, events=events)]})
     assert clusters[0]["nodes"][0]["events"] == {"final": 3}
-    assert webui.series({}, clusters)["gauges"]["viewers"] == 3
+    assert dashboard.series({}, clusters)["gauges"]["viewers"] == 3
 
 
 @pytest.mark.parametrize("body", [None, "text", 3, {"subscribers": "x"}, {"subscribers": [1, "a", None]}])
 def test_a_malformed_membership_gives_no_clusters_rather_than_an_error(body):
-    assert webui.normalize_membership(body) == []
+    assert dashboard.normalize_membership(body) == []
 
 
 def test_gather_asks_every_service_even_when_all_are_down(web_settings):
     with ThreadPoolExecutor(4) as pool:
-        data = webui.gather(webui.Sources.from_settings(web_settings), pool)
+        data = dashboard.gather(Sources.from_settings(web_settings), pool)
     assert len(data["services"]) == 5
     assert data["membership_error"] == "not reachable"
 
@@ -212,7 +245,7 @@ def test_gather_asks_every_service_even_when_all_are_down(web_settings):
 
 
 def test_latency_histogram_is_cumulative_with_an_infinite_bucket():
-    latencies = webui.LatencyHistogram(buckets=(0.5, 1.0))
+    latencies = probe.LatencyHistogram(buckets=(0.5, 1.0))
     assert latencies.snapshot() is None
     for seconds in (0.2, 0.7, 0.9, 3.0):
         latencies.observe(seconds)
@@ -223,20 +256,20 @@ def test_latency_histogram_is_cumulative_with_an_infinite_bucket():
     }
 
 
-def _probe_aggregate(window_start: int, taps: int, event_id: str = webui.PROBE_EVENT_ID) -> dict:
+def _probe_aggregate(window_start: int, taps: int, event_id: str = probe.PROBE_EVENT_ID) -> dict:
     return {"event_id": event_id, "window_start": window_start, "counts": {"🔥": taps}}
 
 
 def test_probe_times_each_tap_once_by_the_first_record_that_counts_it():
-    probe = webui.LatencyProbe(Settings.from_env(environ={}), "http://127.0.0.1:1", "http://127.0.0.1:2")
-    probe.record_tap(2000, sent_at=10.0)
-    probe.record_tap(2000, sent_at=11.0)
-    probe.on_update(_probe_aggregate(2000, 1), arrived=10.8)  # counts the first tap only
-    probe.on_update(_probe_aggregate(2000, 1), arrived=11.5)  # a repeat of the same count: nothing new
-    probe.on_update(_probe_aggregate(0, 5), arrived=11.6)  # another window: not these taps
-    probe.on_update(_probe_aggregate(2000, 9, event_id="live"), arrived=11.7)  # another event
-    probe.on_update(_probe_aggregate(2000, 2), arrived=12.2)  # now the second one
-    snapshot = probe.histogram.snapshot()
+    latency = probe.LatencyProbe(Settings.from_env(environ={}), "http://127.0.0.1:1", "http://127.0.0.1:2")
+    latency.record_tap(2000, sent_at=10.0)
+    latency.record_tap(2000, sent_at=11.0)
+    latency.on_update(_probe_aggregate(2000, 1), arrived=10.8)  # counts the first tap only
+    latency.on_update(_probe_aggregate(2000, 1), arrived=11.5)  # a repeat of the same count: nothing new
+    latency.on_update(_probe_aggregate(0, 5), arrived=11.6)  # another window: not these taps
+    latency.on_update(_probe_aggregate(2000, 9, event_id="live"), arrived=11.7)  # another event
+    latency.on_update(_probe_aggregate(2000, 2), arrived=12.2)  # now the second one
+    snapshot = latency.histogram.snapshot()
     assert snapshot["count"] == 2
     assert snapshot["sum"] == pytest.approx(0.8 + 1.2)
-    assert probe.last_latency == pytest.approx(1.2)
+    assert latency.last_latency == pytest.approx(1.2)

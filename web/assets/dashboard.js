@@ -275,7 +275,8 @@
       el("li", { className: "service", "data-up": String(service.up), "data-service": service.name, title: service.url }, [
         el("span", { className: "dot", "aria-hidden": "true" }),
         el("span", { className: "service-name", text: service.label }),
-        el("span", { className: "service-status", text: service.up ? service.status || "ok" : service.status || "down" }),
+        // status is ok, starting or unavailable; error says why when the service gave no answer
+        el("span", { className: "service-status", text: service.error ? `${service.status}: ${service.error}` : service.status }),
         el("span", { className: "visually-hidden", text: service.up ? " (up)" : " (down)" }),
       ]),
     );

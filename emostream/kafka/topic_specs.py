@@ -1,0 +1,117 @@
+"""Every topic EmoStream uses: its name, partitions and configuration, and their creation.
+
+``bin/kafka-create-topics`` (``python -m emostream.kafka``) creates :func:`topics`; services
+that must not wait for an operator create the ones they use with :func:`ensure_topics`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from kafka import KafkaAdminClient
+from kafka.admin import NewTopic
+from kafka.errors import KafkaError as KafkaPythonError
+from kafka.errors import TopicAlreadyExistsError
+
+from emostream.kafka.clients import wait_for_admin
+from emostream.kafka.errors import KafkaTimeout
+from emostream.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    config: tuple[tuple[str, str], ...] = ()
+
+
+def topics(settings: Settings) -> list[TopicSpec]:
+    """Every topic of the pipeline, with its partitions and configuration."""
+    isr = (("min.insync.replicas", str(settings.min_insync_replicas)),)
+    return [
+        TopicSpec(settings.emoji_topic, settings.emoji_partitions, isr),
+        # Aggregates are keyed event_id|window_start and cumulative: compaction keeps the last.
+        TopicSpec(
+            settings.aggregate_topic,
+            1,
+            isr + (("cleanup.policy", "compact,delete"), ("retention.ms", "86400000")),
+        ),
+        TopicSpec(settings.dead_letter_topic, 1, isr),
+        TopicSpec(
+            settings.membership_topic,
+            1,
+            isr + (("cleanup.policy", "compact"), ("min.compaction.lag.ms", "0"), ("segment.ms", "600000")),
+        ),
+        # Main publisher -> cluster publisher: what was routed to each cluster.
+        *(
+            TopicSpec(cluster_topic(settings, cluster), 1, isr + (("retention.ms", "3600000"),))
+            for cluster in range(settings.clusters)
+        ),
+        # Cluster publisher -> its subscriber nodes (the Socket.IO channel): live messages only.
+        *(
+            TopicSpec(channel_topic(settings, cluster), 1, isr + (("retention.ms", "600000"),))
+            for cluster in range(settings.clusters)
+        ),
+    ]
+
+
+def cluster_topic(settings: Settings, cluster: int) -> str:
+    """The topic the main publisher routes ``cluster``'s aggregates to."""
+    return f"{settings.cluster_topic_prefix}{cluster}"
+
+
+def channel_topic(settings: Settings, cluster: int) -> str:
+    """The Socket.IO channel of ``cluster``: cluster publisher -> its subscriber nodes."""
+    return f"{cluster_topic(settings, cluster)}_socketio"
+
+
+def ensure_topics(settings: Settings, specs: Iterable[TopicSpec] | None = None, timeout: float = 60.0) -> list[str]:
+    """Create the topics that do not exist yet and wait until they have leaders; return the names created."""
+    specs = list(topics(settings) if specs is None else specs)
+    client = wait_for_admin(settings, timeout)
+    try:
+        existing = set(client.list_topics())
+        created = []
+        for spec in specs:
+            if spec.name in existing:
+                continue
+            new_topic = NewTopic(
+                name=spec.name,
+                num_partitions=spec.partitions,
+                replication_factor=settings.replication_factor,
+                topic_configs=dict(spec.config),
+            )
+            try:
+                client.create_topics([new_topic])
+                created.append(spec.name)
+            except TopicAlreadyExistsError:
+                pass  # another service created it first
+        _wait_for_leaders(client, [spec.name for spec in specs], timeout)
+        return created
+    finally:
+        client.close()
+
+
+def _wait_for_leaders(client: KafkaAdminClient, names: list[str], timeout: float) -> None:
+    """Wait until every partition of the topics has a leader."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            described = client.describe_topics(names)
+            if all(
+                not topic.get("error_code")
+                and topic["partitions"]
+                and all(p["leader_id"] >= 0 for p in topic["partitions"])
+                for topic in described
+            ):
+                return
+        except KafkaPythonError:
+            pass  # a just-created topic is not described yet
+        if time.monotonic() > deadline:
+            raise KafkaTimeout(f"topics {names} have no leaders after {timeout:.0f} s")
+        time.sleep(0.2)

@@ -1,0 +1,95 @@
+"""The processor as a program: ``python3 emoji_processor.py``, ``bin/spark-submit emoji_processor.py``
+or ``emostream-processor``. SIGTERM or Ctrl-C stops it; the checkpoint keeps its place."""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import logging
+import signal
+import threading
+import warnings
+from typing import TYPE_CHECKING
+
+from emostream import logs
+from emostream.settings import Settings
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+    from emostream.processor.service import Processor
+
+log = logging.getLogger("emostream.processor")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the processor until a signal (0) or until its query fails (1)."""
+    parser = argparse.ArgumentParser(
+        description="EmoStream processor: emoji_topic counted in 2-second windows into aggregated_emoji_topic.",
+        epilog="Settings come from EMOSTREAM_* variables (the README lists them); EMOSTREAM_SPARK_MASTER names a cluster.",
+    )
+    parser.parse_args(argv)
+    settings = Settings.from_env()
+    logs.configure(settings)
+
+    stop = threading.Event()
+
+    def request_stop(signum: int, _frame: object) -> None:
+        if not stop.is_set():
+            log.info("%s: stopping; the checkpoint keeps the place for the next start", signal.Signals(signum).name)
+        stop.set()
+
+    def take_signals() -> None:
+        signal.signal(signal.SIGTERM, request_stop)
+        signal.signal(signal.SIGINT, request_stop)
+
+    # Spark only now: --help and a bad setting answer without starting a JVM.
+    from emostream.processor.service import Processor
+    from emostream.processor.spark import session
+
+    take_signals()
+    try:
+        spark = session(settings)
+    except KeyboardInterrupt:  # Ctrl-C while pyspark's own SIGINT handler was in place (see below)
+        request_stop(signal.SIGINT, None)
+        log.info("processor stopped")
+        return 0
+    # pyspark's SparkContext installs a SIGINT handler that cancels every job and raises
+    # KeyboardInterrupt wherever the main thread is; the processor stops its query instead.
+    take_signals()
+    processor = Processor(spark, settings)
+    try:
+        code = 0 if stop.is_set() else processor.start().run_until(stop)
+    except OSError as error:
+        if error.errno != errno.EADDRINUSE:
+            raise
+        log.error(
+            "port %d of /healthz and /metrics is taken (EMOSTREAM_PROCESSOR_METRICS_PORT)",
+            settings.processor_metrics_port,
+        )
+        code = 1
+    finally:
+        stop_spark(spark, processor)
+    log.info("processor stopped")
+    return code
+
+
+def stop_spark(spark: SparkSession, processor: Processor) -> None:
+    """Stop the processor, then Spark, without Spark's account of the micro-batch this interrupts.
+
+    Stopping the query cancels the batch it is running, and Spark logs what that cancels
+    (aborted writes, killed tasks) for a while after; that is the stop itself, not news.
+    Under spark-submit the JVM may be exiting on the same signal already.
+    """
+    try:
+        spark.sparkContext.setLogLevel("OFF")
+    except Exception as error:
+        log.debug("quieting Spark: %s", error)
+    processor.stop()
+    with warnings.catch_warnings():
+        # pyspark warns when the JVM is gone already ("Unable to cleanly shutdown Spark JVM process").
+        warnings.simplefilter("ignore", RuntimeWarning)
+        try:
+            spark.stop()
+        except Exception as error:
+            log.debug("stopping Spark: %s", error)
