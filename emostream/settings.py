@@ -104,6 +104,11 @@ class Settings:
     spark_ui: bool = _doc("Serve Spark's web UI (port 4040) from the processor.", True)
     spark_driver_memory: str = _doc("Spark driver memory.", "1g")
     shuffle_partitions: int = _doc("spark.sql.shuffle.partitions; 0 means the number of cores.", 0)
+    spark_conf: tuple[str, ...] = _doc(
+        "Extra Spark settings as comma-separated key=value pairs, applied after the project's own "
+        "(spark.driver.extraJavaOptions is added to the project's driver options).",
+        (),
+    )
     trigger_ms: int = _doc("Processing-time trigger of the streaming query.", 500)
     watermark_ms: int = _doc("How late an emoji may reach the processor and still count.", 3000)
     max_offsets_per_trigger: int = _doc("Most Kafka records read per micro-batch; 0 means no limit.", 0)

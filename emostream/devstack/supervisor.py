@@ -14,7 +14,6 @@ what is still running.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import logging
 import os
 import shlex
@@ -27,6 +26,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
+
+from emostream.processes import parent_death_signal
 
 log = logging.getLogger("emostream.supervisor")
 
@@ -66,20 +67,6 @@ def read_procfile(path: Path, names: Iterable[str] = ()) -> list[Program]:
     if unknown:
         raise ValueError(f"not in {path}: {', '.join(sorted(unknown))} (it has {', '.join(p.name for p in programs)})")
     return [p for p in programs if not wanted or p.name in wanted]
-
-
-def parent_death_signal() -> Callable[[], None] | None:
-    """A preexec function that makes a child get SIGTERM when its parent dies (Linux), or None."""
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved here, not in the forked child
-    except (OSError, AttributeError):
-        return None
-    pr_set_pdeathsig = 1
-
-    def preexec() -> None:
-        prctl(pr_set_pdeathsig, signal.SIGTERM)
-
-    return preexec
 
 
 class Supervisor:

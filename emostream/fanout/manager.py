@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import abc
 import bisect
-import ctypes
 import logging
 import os
 import signal
@@ -34,6 +33,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from emostream.fanout.membership import Membership, NodeState, parse_subscriber_id, subscriber_id
 from emostream.http import STARTING, Health
+from emostream.processes import parent_death_signal
 from emostream.settings import Settings
 from emostream.wire import now_ms
 
@@ -170,20 +170,6 @@ class NodeLauncher(abc.ABC):
         """Stop everything this launcher started."""
 
 
-def _parent_death_signal() -> Callable[[], None] | None:
-    """A preexec function that makes a child get SIGTERM when the manager dies (Linux)."""
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved here, not in the forked child
-    except (OSError, AttributeError):
-        return None
-    pr_set_pdeathsig = 1
-
-    def preexec() -> None:
-        prctl(pr_set_pdeathsig, signal.SIGTERM)
-
-    return preexec
-
-
 class LocalLauncher(NodeLauncher):
     """Runs subscriber nodes and cluster publishers as child processes of this interpreter.
 
@@ -201,7 +187,7 @@ class LocalLauncher(NodeLauncher):
         self._nodes: dict[str, subprocess.Popen] = {}
         self._publishers: dict[int, subprocess.Popen] = {}
         self._leaving: list[tuple[subprocess.Popen, float]] = []  # asked to stop, since (monotonic)
-        self._preexec = _parent_death_signal()
+        self._preexec = parent_death_signal()
 
     def node_port(self, subscriber_id: str) -> int:
         base = self.settings.subscriber_base_port

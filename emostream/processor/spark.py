@@ -123,9 +123,8 @@ def session(settings: Settings, app_name: str = "emostream-processor") -> SparkS
             .config("spark.driver.memory", settings.spark_driver_memory)
             .config("spark.ui.enabled", str(settings.spark_ui).lower())
         )
-        for key, value in (
-            local_checkpoint_conf(settings, settings.spark_master) | local_logging_conf(settings.spark_master)
-        ).items():
+        conf = local_checkpoint_conf(settings, settings.spark_master) | local_logging_conf(settings.spark_master)
+        for key, value in conf.items():
             builder = builder.config(key, value)
         if settings.spark_master.startswith("local"):
             # Nothing outside this machine needs to reach a local driver, nor its web UI, which
@@ -139,10 +138,27 @@ def session(settings: Settings, app_name: str = "emostream-processor") -> SparkS
         .config("spark.sql.adaptive.enabled", "false")
         .config("spark.ui.showConsoleProgress", "false")  # progress bars garble a service's log
     )
+    for key, value in extra_conf(settings).items():
+        builder = builder.config(key, value)
     spark = builder.getOrCreate()
     if not launched_by_spark_submit():
         leave_sigterm_to_python(spark)
     return spark
+
+
+def extra_conf(settings: Settings) -> dict[str, str]:
+    """``EMOSTREAM_SPARK_CONF``'s pairs; driver options are added to the project's own, not put in their place."""
+    conf: dict[str, str] = {}
+    for pair in settings.spark_conf:
+        key, equals, value = pair.partition("=")
+        if not equals or not key.strip():
+            raise SystemExit(f"EMOSTREAM_SPARK_CONF: {pair!r} is not key=value")
+        conf[key.strip()] = value.strip()
+    options = "spark.driver.extraJavaOptions"
+    if options in conf and not launched_by_spark_submit():
+        own = local_logging_conf(settings.spark_master).get(options)
+        conf[options] = f"{own} {conf[options]}" if own else conf[options]
+    return conf
 
 
 def leave_sigterm_to_python(spark: SparkSession) -> None:

@@ -71,3 +71,23 @@ def test_a_local_driver_logs_through_the_projects_log4j2_file(master):
 
 def test_a_cluster_driver_keeps_the_logging_spark_has_there():
     assert spark.local_logging_conf("spark://spark-master:7077") == {}
+
+
+def test_extra_spark_settings_apply_and_driver_options_add_to_the_projects_own():
+    settings = Settings.from_env(
+        environ={
+            "EMOSTREAM_SPARK_CONF": "spark.sql.streaming.noDataMicroBatches.enabled=false,"
+            "spark.driver.extraJavaOptions=-XX:+UseParallelGC"
+        }
+    )
+    conf = spark.extra_conf(settings)
+
+    assert conf["spark.sql.streaming.noDataMicroBatches.enabled"] == "false"
+    options = conf["spark.driver.extraJavaOptions"]
+    assert options.startswith("-Dlog4j2.configurationFile=") and options.endswith(" -XX:+UseParallelGC")
+
+
+def test_a_malformed_extra_spark_setting_stops_with_its_text():
+    settings = Settings.from_env(environ={"EMOSTREAM_SPARK_CONF": "spark.ui.enabled"})
+    with pytest.raises(SystemExit, match="'spark.ui.enabled' is not key=value"):
+        spark.extra_conf(settings)
