@@ -153,6 +153,16 @@ def aggregate_key(event_id: str, window_start: int) -> str:
     return f"{event_id}|{window_start}"
 
 
+def aggregate_version(record: Mapping[str, Any]) -> tuple[int, int]:
+    """What orders two records of one window: counts only grow, so ``total``, then ``emitted_at``.
+
+    Records are cumulative per key: of two records of a window the one with the higher version
+    is its count, and a record no higher than one already held is a repeat.
+    """
+    emitted_at = record.get("emitted_at")
+    return record["total"], emitted_at if isinstance(emitted_at, int) and not isinstance(emitted_at, bool) else 0
+
+
 def make_aggregate(
     event_id: str,
     window_start: int,

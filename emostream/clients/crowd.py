@@ -3,13 +3,16 @@
 The crowd keeps its books (:mod:`emostream.clients.books`) of every emoji the ingest
 accepted and of what its viewers received, and compares the two for every finished
 window. Probe emoji in an event of the crowd's own measure the delay from a tap to the
-first aggregate that counts it (:mod:`emostream.clients.probes`).
+first aggregate that counts it (:mod:`emostream.clients.probes`). A viewer that lost its node
+comes back with ``since`` and is sent the windows it may have missed again: the books keep
+each window's highest total, and the probes time no replayed record.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import random
 import time
 import uuid
@@ -74,8 +77,9 @@ def parse_mix(text: str, emoji_types: Sequence[str]) -> dict[str, float]:
     return weights
 
 
-# Handed each aggregate a viewer receives, with its arrival time (time.time()).
-OnUpdate = Callable[[dict[str, Any], float | None], None]
+# Handed each aggregate a viewer receives, with its arrival time (time.time()) and whether it was
+# a replay (sent again on a reconnect, or no newer than the viewer's copy of its window).
+OnUpdate = Callable[[dict[str, Any], float | None, bool], None]
 
 
 class Crowd:
@@ -111,8 +115,11 @@ class Crowd:
             event_id=event_id,
             client_id=client_id,
             http_session=self._viewer_session,
-            on_update=lambda viewer, delivery: on_update(delivery.aggregate, delivery.received_at),
+            on_update=lambda viewer, delivery: on_update(delivery.aggregate, delivery.received_at, delivery.replayed),
             history=0,
+            watermark_ms=self.plan.watermark_ms,
+            # The windows a reconnect's since reaches back over; older ones are final where they are.
+            windows_kept=math.ceil(self.plan.watermark_ms / self.plan.window_ms) + 2,
         )
 
     async def start_viewers(self) -> None:
@@ -124,10 +131,10 @@ class Crowd:
             if not probe:
                 self.ledger.viewer_events[client_id] = event_id
 
-            def on_update(aggregate: dict[str, Any], arrived_at: float | None = None) -> None:
+            def on_update(aggregate: dict[str, Any], arrived_at: float | None = None, replayed: bool = False) -> None:
                 arrived = time.time() if arrived_at is None else arrived_at
                 if probe:
-                    self.probes.observe(aggregate, arrived)
+                    self.probes.observe(aggregate, arrived, replayed)
                 else:
                     self.ledger.update(client_id, aggregate)
 

@@ -6,6 +6,14 @@ already timed counts the next ones, in the order they were sent; a repeated reco
 counts nothing new. :class:`ProbeLedger` keeps that ledger for both probers: the
 simulator's probe viewer (:class:`ProbeLatencies`) and the dashboard's synthetic viewer
 (:class:`emostream.webui.probe.LatencyProbe`).
+
+A node sends a viewer that connects the windows it may have missed before its live
+updates, so not every record that arrives came live. The rule every latency measure of the
+clients follows (the Python viewer's delays, both probers, the viewer page's own delay):
+**a record is timed only if it is newer than the copy its viewer holds of its window and
+was routed (else emitted) at or after the moment its connection opened; any other record
+is a replay.** A replay still updates what the viewer holds and still counts the taps in
+it (so a later record does not time them from the wrong record), but times nothing.
 """
 
 from __future__ import annotations
@@ -28,6 +36,18 @@ class Tap:
 
     sent_at: float  # seconds, on the prober's own clock
     received_at: int | None = None  # ingest's stamp (epoch ms), when the prober learnt it
+
+
+def sent_before(aggregate: Any, opened_at_ms: int | None) -> bool:
+    """Whether a record was routed (else emitted) before a connection opened at ``opened_at_ms``.
+
+    Such a record reached the viewer from the node's history or a read-back of the topic,
+    having waited for the viewer; its arrival says nothing about the pipeline's delay.
+    """
+    if opened_at_ms is None or not isinstance(aggregate, dict):
+        return False
+    stamp = aggregate.get("routed_at", aggregate.get("emitted_at"))
+    return isinstance(stamp, int) and not isinstance(stamp, bool) and stamp < opened_at_ms
 
 
 class ProbeLedger:
@@ -98,9 +118,13 @@ class ProbeLatencies:
     def record(self, received_at: int, sent_at: float) -> None:
         self.ledger.record(window_of(received_at, self.window_ms), Tap(sent_at, received_at))
 
-    def observe(self, aggregate: dict[str, Any], arrived_at: float) -> None:
+    def observe(self, aggregate: dict[str, Any], arrived_at: float, replayed: bool = False) -> None:
+        """Time the taps this record counts first; a replayed record takes them off the ledger untimed."""
+        counted = self.ledger.counted(aggregate)
+        if replayed:
+            return
         emitted_at = aggregate.get("emitted_at")
-        for tap in self.ledger.counted(aggregate):
+        for tap in counted:
             self.latencies_ms.append((arrived_at - tap.sent_at) * 1000)
             if isinstance(emitted_at, int) and tap.received_at is not None:
                 stages = (

@@ -14,6 +14,14 @@ died, stopped, or refused the token), it registers again and connects wherever i
 is sent, after an exponential backoff with full jitter, so a node's viewers do not
 come back all at once. :meth:`close` disconnects and gives the slot back.
 
+What it holds of its event is :attr:`Viewer.windows`, the newest record of each recent
+window: records are cumulative per window, so a repeated window is an overwrite (the higher
+``total``, then the later ``emitted_at``). Every time it connects again it asks the node for
+the windows it may not hold final (``auth={"token", "since"}``, see :meth:`Viewer.since`),
+and the node sends them before its live updates. Those come back as deliveries marked
+``replayed`` (the rule is in :mod:`emostream.clients.probes`): they update the windows but
+are never timed.
+
 Thousands of viewers can share one process and one ``aiohttp.ClientSession``
 (pass ``http_session``); the load generators and end-to-end tests do.
 """
@@ -32,8 +40,10 @@ from typing import Any
 import aiohttp
 import socketio
 
+from emostream.clients.probes import sent_before
 from emostream.clients.registration import AsyncRegistration, RegistrationError
-from emostream.wire import EMOJI_UPDATE
+from emostream.settings import Settings
+from emostream.wire import EMOJI_UPDATE, aggregate_version, now_ms
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +55,15 @@ class Delivery:
     aggregate: dict[str, Any]
     received_at: float  # time.time() at arrival
     subscriber: str | None  # the node it came through
+    replayed: bool = False  # no newer than the window held, or routed before the connection opened
 
     def delay_ms(self, since: str = "routed_at") -> float | None:
-        """Milliseconds from a timestamp in the aggregate (e.g. ``routed_at``, ``emitted_at``) to arrival."""
+        """Milliseconds from a timestamp in the aggregate (e.g. ``routed_at``, ``emitted_at``) to arrival.
+
+        None for a replayed record: it waited for the viewer, its arrival times nothing.
+        """
+        if self.replayed:
+            return None
         stamp = self.aggregate.get(since)
         if not isinstance(stamp, (int, float)):
             return None
@@ -68,7 +84,12 @@ def backoff_delays(initial: float, maximum: float, rng: random.Random | None = N
 
 
 class Viewer:
-    """One viewer: registration, a Socket.IO connection, and what it received."""
+    """One viewer: registration, a Socket.IO connection, and what it received.
+
+    ``watermark_ms`` is how late the processor still updates a window (its watermark; by
+    default ``EMOSTREAM_WATERMARK_MS``); ``windows_kept`` bounds :attr:`windows` to the newest
+    windows, enough for a viewer to know what it holds of a reconnection's replay.
+    """
 
     def __init__(
         self,
@@ -84,13 +105,19 @@ class Viewer:
         connect_timeout: float = 10.0,
         transports: tuple[str, ...] = ("websocket",),
         rng: random.Random | None = None,
+        watermark_ms: int | None = None,
+        windows_kept: int = 64,
     ):
         self.registration_url = registration_url.rstrip("/")
         self.event_id = event_id
         self.client_id = client_id
         self.on_update = on_update
         self.deliveries: collections.deque[Delivery] = collections.deque(maxlen=history)
-        self.received = 0
+        self.received = 0  # every update, replays included
+        self.replayed = 0  # updates that were replays
+        self.windows: dict[int, dict[str, Any]] = {}  # window_start → the newest record held
+        self.watermark_ms = Settings.from_env().watermark_ms if watermark_ms is None else watermark_ms
+        self.windows_kept = max(1, windows_kept)
         self.assignment: dict[str, Any] | None = None
         self.registrations = 0
         self.reconnects = 0
@@ -165,8 +192,39 @@ class Viewer:
         await asyncio.wait_for(until(), timeout)
 
     async def wait_for_updates(self, count: int, timeout: float) -> None:
-        """Wait until ``count`` updates have arrived in total."""
+        """Wait until ``count`` updates have arrived in total (replays included)."""
         await self.wait_for(lambda viewer: viewer.received >= count, timeout)
+
+    def since(self) -> int | None:
+        """The ``since`` to connect with: the window_start of the oldest window that may not be final here.
+
+        The processor still updates a window until its watermark has passed the window's end,
+        so when the newest window held is N, a window that ended up to ``watermark_ms`` before N
+        may still change: ask again from ⌈watermark / window⌉ windows before N, and one more
+        (a late record of an older window can be written in the processor's batch after N's).
+        None when nothing is held: the node then sends its history of the event.
+        """
+        if not self.windows:
+            return None
+        newest = self.windows[max(self.windows)]
+        window_ms = newest["window_end"] - newest["window_start"]
+        return newest["window_start"] - (-(-self.watermark_ms // window_ms) + 1) * window_ms
+
+    def _hold(self, aggregate: Any) -> bool:
+        """Keep the record if it is newer than the held copy of its window; whether it was."""
+        if not _is_window_record(aggregate):
+            return False
+        start = aggregate["window_start"]
+        held = self.windows.get(start)
+        if held is not None:
+            if aggregate_version(aggregate) <= aggregate_version(held):
+                return False  # a repeat: records are cumulative per window
+        elif len(self.windows) >= self.windows_kept and start < min(self.windows):
+            return False  # older than every window kept: final long ago
+        self.windows[start] = aggregate
+        if len(self.windows) > self.windows_kept:
+            del self.windows[min(self.windows)]
+        return True
 
     # ----------------------------------------------------------------- registration
 
@@ -201,11 +259,19 @@ class Viewer:
     async def _connect(self, assignment: dict[str, Any]) -> None:
         client = socketio.AsyncClient(reconnection=False, handle_sigint=False, http_session=self._session)
         subscriber = assignment["subscriber"]
+        # When this connection opened (epoch ms): the node accepted it; until then, when it was asked for.
+        opened_at = [now_ms()]
+
+        def on_open() -> None:
+            opened_at[0] = now_ms()
 
         def on_update(aggregate: Any) -> None:
-            delivery = Delivery(aggregate, time.time(), subscriber)
+            newer = self._hold(aggregate)
+            replayed = not newer or sent_before(aggregate, opened_at[0])
+            delivery = Delivery(aggregate, time.time(), subscriber, replayed)
             self.deliveries.append(delivery)
             self.received += 1
+            self.replayed += replayed
             self._update.set()
             if self.on_update is not None:
                 self.on_update(self, delivery)
@@ -226,13 +292,18 @@ class Viewer:
             refusal.append(str(data.get("message", data) if isinstance(data, dict) else data))
 
         client.on(EMOJI_UPDATE, on_update)
+        client.on("connect", on_open)
         client.on("disconnect", on_disconnect)
         client.on("connect_error", on_connect_error)
         self._client = client
+        auth: dict[str, Any] = {"token": assignment["token"]}
+        since = self.since()
+        if since is not None:
+            auth["since"] = since  # the node sends every window from it before the live ones
         try:
             await client.connect(
                 assignment["url"],
-                auth={"token": assignment["token"]},
+                auth=auth,
                 transports=list(self.transports),
                 wait_timeout=self.connect_timeout,
             )
@@ -263,6 +334,16 @@ class Viewer:
             return
         if self.connected:
             self.reconnects += 1
+
+
+def _is_window_record(aggregate: Any) -> bool:
+    """An aggregate whose window and version can be read (the node only sends such ones)."""
+    if not isinstance(aggregate, dict):
+        return False
+    numbers = [aggregate.get(name) for name in ("window_start", "window_end", "total")]
+    if not all(isinstance(n, int) and not isinstance(n, bool) for n in numbers):
+        return False
+    return numbers[1] > numbers[0]
 
 
 async def _quietly(awaitable: Any) -> None:

@@ -34,6 +34,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
+from emostream.wire import aggregate_version as version
 from emostream.wire import now_ms
 
 # Beyond JavaScript's safe integers nothing is an epoch millisecond a client could mean.
@@ -62,12 +63,6 @@ def parse_since(auth: Any) -> int | None:
     if abs(since) > MAX_SAFE_INTEGER:
         raise InvalidSince("since is not epoch milliseconds: it is beyond 2^53")
     return since
-
-
-def version(record: dict[str, Any]) -> tuple[int, int]:
-    """What orders two records of one window: counts only grow, so ``total``, then ``emitted_at``."""
-    emitted_at = record.get("emitted_at")
-    return record["total"], emitted_at if isinstance(emitted_at, int) and not isinstance(emitted_at, bool) else 0
 
 
 def encode(record: dict[str, Any]) -> bytes:

@@ -18,7 +18,7 @@ from typing import Any
 
 import requests
 
-from emostream.clients.probes import ProbeLedger, Tap
+from emostream.clients.probes import ProbeLedger, Tap, sent_before
 from emostream.clients.registration import Registration, RegistrationError
 from emostream.settings import Settings
 from emostream.webui.services import short_error
@@ -66,6 +66,8 @@ class LatencyProbe:
     window that counts it. Taps go well inside a window, so a clock estimate a few
     milliseconds off never puts one in the wrong window. It stops after
     ``idle_seconds`` without a dashboard request, so an unwatched stack carries no probe.
+    What the node sends from before a connection opened (its history of the event) is a
+    replay and times nothing (the rule is in :mod:`emostream.clients.probes`).
     """
 
     def __init__(
@@ -86,6 +88,7 @@ class LatencyProbe:
         self.taps = ProbeLedger(event_id=PROBE_EVENT_ID, emoji=self.emoji, keep_ms=KEEP_TAPS_MS)
         self.state = "idle"
         self.last_latency: float | None = None
+        self.opened_at: int | None = None  # epoch ms: when the current connection opened
         self._wanted_at = 0.0
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -125,6 +128,8 @@ class LatencyProbe:
         # CORS list refuses: without suppress_origin the client silently stays on long-polling.
         client = socketio.Client(reconnection=False, websocket_extra_options={"suppress_origin": True})
         client.on(EMOJI_UPDATE, lambda aggregate: self.on_update(aggregate, time.monotonic()))
+        client.on("connect", self._opened)
+        self._opened()  # until the node accepts it: when it was asked for
         client.connect(assignment["url"], auth={"token": assignment["token"]}, transports=["websocket"], wait_timeout=5)
         self.state = f"tap → viewer via {assignment['subscriber']}"
         try:
@@ -163,9 +168,15 @@ class LatencyProbe:
         """Remember an accepted tap of ``window_start``, sent at ``sent_at`` (monotonic seconds)."""
         self.taps.record(window_start, Tap(sent_at))
 
+    def _opened(self) -> None:
+        self.opened_at = now_ms()
+
     def on_update(self, aggregate: Any, arrived: float) -> None:
-        """Time the taps that this aggregate counts for the first time."""
-        for tap in self.taps.counted(aggregate):
+        """Time the taps that this aggregate counts for the first time, unless it is a replay."""
+        counted = self.taps.counted(aggregate)
+        if sent_before(aggregate, self.opened_at):
+            return  # sent from the node's history: the taps it counts are taken, untimed
+        for tap in counted:
             self.last_latency = arrived - tap.sent_at
             self.histogram.observe(arrived - tap.sent_at)
 

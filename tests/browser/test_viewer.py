@@ -49,6 +49,28 @@ def test_three_taps_show_in_their_window_for_every_viewer_of_the_event_and_no_ot
         assert viewer.errors == []
 
 
+def test_a_late_joiner_is_shown_the_events_windows_at_once_without_floating_them_as_live(open_viewer, web_stack):
+    event = event_id("late")
+    early = open_viewer(event)
+    window_start = wait_for_window_start(web_stack.settings.window_seconds * 1000)
+    for _ in range(3):
+        early.button("fire").click()
+    expect(early.fire_count()).to_have_text("3", timeout=UPDATE_TIMEOUT_MS)
+    expect(early.page.locator("body")).to_have_attribute("data-floats", re.compile(r"^[1-9]"))
+
+    late = open_viewer(event)
+
+    # The node sends the event's recent windows on joining: the late joiner has the tap's window
+    # at once, as history, neither floated nor taken for its own taps.
+    latest = late.locator(f'#window-strip li[data-window-start="{window_start}"] .strip-label')
+    expect(latest).to_contain_text("🔥 3", timeout=UPDATE_TIMEOUT_MS)
+    expect(late.fire_count()).to_have_text("3")
+    expect(late.page.locator("body")).to_have_attribute("data-replays", re.compile(r"^[1-9]"))
+    assert late.page.evaluate("document.body.dataset.floats") is None
+    expect(late.locator("#delay-last")).to_have_text("–")
+    assert early.errors == [] and late.errors == []
+
+
 def test_keyboard_alone_picks_an_event_and_sends_emoji(open_viewer, web_stack):
     viewer = open_viewer(event_id("start"))
     page = viewer.page

@@ -1,11 +1,13 @@
-"""A viewer whose subscriber node dies re-registers and carries on from another node.
+"""A viewer whose subscriber node dies re-registers and carries on from another node, with `since`.
 
 Its own module, after the others: it kills one of the shared stack's nodes.
 """
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import signal
 from urllib.parse import urlsplit
 
@@ -36,9 +38,11 @@ def test_killing_the_viewers_node_shows_reconnecting_then_updates_resume_from_an
     page = viewer.page
     window_ms = web_stack.settings.window_seconds * 1000
 
-    wait_for_window_start(window_ms)
+    fire_window = wait_for_window_start(window_ms)
     viewer.button("fire").click()
     expect(viewer.fire_count()).to_have_text("1", timeout=20_000)
+    expect(viewer.locator("#delay-count")).to_have_text("1", timeout=20_000)
+    assert page.evaluate("document.body.dataset.since") == ""  # a first connection asks for no window again
     lost = (viewer.node(), viewer.locator("#status-node").get_attribute("title"))
 
     os.kill(node_pid(web_stack, lost[0]), signal.SIGKILL)
@@ -50,12 +54,22 @@ def test_killing_the_viewers_node_shows_reconnecting_then_updates_resume_from_an
     # The manager restarts a dead node under the same id, but never at the same address here.
     now_on = (viewer.node(), viewer.locator("#status-node").get_attribute("title"))
     assert now_on != lost, "the viewer came back on the node that was killed"
+    # It came back asking for every window it may not hold final: from its newest (the tap's) back
+    # over the watermark and one more; the node sent the tap's window again, held as it was.
+    lateness = math.ceil(web_stack.settings.watermark_ms / window_ms) + 1
+    assert page.evaluate("document.body.dataset.since") == str(fire_window - lateness * window_ms)
+    expect(page.locator("body")).to_have_attribute("data-replays", re.compile(r"^[1-9]"), timeout=20_000)
+    fire_slot = viewer.locator(f'#window-strip li[data-window-start="{fire_window}"] .strip-label')
+    expect(fire_slot).to_contain_text("🔥 1")
 
     window_start = wait_for_window_start(window_ms)
     for _ in range(2):
         viewer.button("party").click()
     expect(viewer.locator("#window-counts")).to_have_attribute("data-window-start", str(window_start), timeout=20_000)
     expect(viewer.locator('#window-counts li[data-emoji="🎉"] .wc-count')).to_have_text("2", timeout=20_000)
+    # Three taps, three delays: nothing sent again was timed as a tap's.
+    expect(viewer.locator("#delay-count")).to_have_text("3", timeout=20_000)
+    expect(fire_slot).to_contain_text("🔥 1")
     # The only console errors allowed are the browser's own reports of the dead node's socket.
     unexpected = [e for e in viewer.errors if "WebSocket" not in e and "ERR_CONNECTION_REFUSED" not in e]
     assert unexpected == []

@@ -42,7 +42,7 @@ RESULTS_FILE = Path(__file__).resolve().parents[2] / "test-artifacts" / "faults-
 
 
 class TracedCrowd(Crowd):
-    """The simulator's crowd, with one user_id per request and arrival times per viewer."""
+    """The simulator's crowd, with one user_id per request and live arrival times per viewer."""
 
     def __init__(self, plan: CrowdPlan):
         super().__init__(plan)
@@ -50,7 +50,8 @@ class TracedCrowd(Crowd):
         self.acked: dict[str, tuple[str, str]] = {}  # user_id -> (event_id, emoji), answered 202
         self.acked_at: dict[str, float] = {}  # user_id -> when the 202 arrived (epoch s)
         self.unanswered: set[str] = set()  # refused, or no answer ever came
-        self.arrivals: dict[str, list[float]] = defaultdict(list)  # viewer client_id -> update arrival times
+        # viewer client_id -> arrival times of its live updates (replays on a reconnect are not counted)
+        self.arrivals: dict[str, list[float]] = defaultdict(list)
         self.sending_done = asyncio.Event()
 
     async def run_senders(self) -> None:
@@ -60,13 +61,14 @@ class TracedCrowd(Crowd):
             self.sending_done.set()
 
     def caught_up(self) -> bool:
-        """Every window the crowd sent to has reached its viewers with the count ingest accepted."""
+        """Every window the crowd sent to has reached every viewer of its event with the count ingest accepted."""
         ledger = self.ledger
         for key, accepted in ledger.accepted_by_window.items():
             if key[0] not in self.plan.events:
                 continue
-            finals = (seen.get(key) for seen in ledger.final_by_viewer.values())
-            if max((final["total"] for final in finals if final), default=0) < accepted:
+            watchers = [viewer for viewer, event in ledger.viewer_events.items() if event == key[0]]
+            finals = [ledger.final_by_viewer.get(viewer, {}).get(key) for viewer in watchers]
+            if min((final["total"] if final else 0 for final in finals), default=0) < accepted:
                 return False
         return bool(ledger.accepted_by_window)
 
@@ -83,9 +85,10 @@ class TracedCrowd(Crowd):
             self.acked_at[user] = answered
 
     def _make_viewer(self, event_id: str, client_id: str, on_update):
-        def recorded(aggregate: dict[str, Any], arrived_at: float | None = None) -> None:
-            self.arrivals[client_id].append(time.time() if arrived_at is None else arrived_at)
-            on_update(aggregate, arrived_at)
+        def recorded(aggregate: dict[str, Any], arrived_at: float | None = None, replayed: bool = False) -> None:
+            if not replayed:
+                self.arrivals[client_id].append(time.time() if arrived_at is None else arrived_at)
+            on_update(aggregate, arrived_at, replayed)
 
         return super()._make_viewer(event_id, client_id, recorded)
 

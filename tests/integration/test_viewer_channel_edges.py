@@ -5,7 +5,9 @@ cluster and one subscriber node in each of two clusters, every one its own proce
 aggregates are written to the aggregate topic as the processor writes them (cumulative per
 window, the current window every half second, a late update of the window before), and
 reach the viewers through the main and cluster publishers. The clients are the stock ones:
-python-socketio's ``Client`` and ``AsyncClient``, and ``websocket-client`` speaking Engine.IO.
+python-socketio's ``Client`` and ``AsyncClient``, and ``websocket-client`` speaking Engine.IO;
+and the project's own :class:`~emostream.clients.viewer.Viewer`, which registers and comes back
+by itself.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import queue
+import random
 import time
 import uuid
 from collections.abc import Iterator
@@ -23,8 +26,9 @@ import requests
 import socketio
 import websocket
 
+from emostream.clients.viewer import Viewer
 from emostream.settings import Settings
-from emostream.wire import EMOJI_UPDATE, make_aggregate, now_ms
+from emostream.wire import EMOJI_UPDATE, aggregate_version, make_aggregate, now_ms
 from tests.harness.fanout import fanout_settings, live_nodes, publish_aggregates, registration_url, wait_until
 from tests.harness.faults import wait_for_topic_metadata
 from tests.harness.support import ServiceProcess, metric_of, wait_http
@@ -49,6 +53,14 @@ class EdgeStack:
 
     def token(self, node_id: str, event_id: str) -> str:
         return node_token(self.settings, node_id, event_id)
+
+    def wait_connections(self, expected: dict[str, int]) -> None:
+        """Wait until the nodes' heartbeats count these connections: registration balances by them."""
+        wait_until(
+            lambda: {node: live_nodes(self.settings)[node]["connections"] for node in expected} == expected,
+            30,
+            f"connections {expected} in the heartbeats",
+        )
 
     def wait_routed(self, node_id: str, *event_ids: str) -> None:
         """Wait until the node's heartbeat lists the events: the main publisher routes by heartbeats."""
@@ -349,6 +361,116 @@ def test_a_viewer_away_six_seconds_that_reconnects_with_since_ends_with_every_wi
     assert len([start for start in finals if start >= first]) >= 7, "six seconds away and more around it"
     assert watcher.out_of_order == [] and watcher.foreign == []
     assert all(record["window_start"] >= outcome["since"] for record in outcome["after"]), "sent a window before since"
+    if back_on == "c1-s0":
+        assert stack.metric(back_on, "emostream_subscriber_readbacks_total") > readbacks_before
+
+
+class AtTheCeiling(random.Random):
+    """Backoff without jitter: every wait is its ceiling, so a viewer stays away exactly that long."""
+
+    def uniform(self, a: float, b: float) -> float:
+        return b
+
+
+@pytest.mark.parametrize("back_on", ["c0-s0", "c1-s0"], ids=["same node", "node of another cluster"])
+def test_the_python_viewer_dropped_for_six_seconds_comes_back_by_itself_with_since_and_every_window_exact(
+    stack: EdgeStack, back_on: str
+):
+    event_id = unique("comeback")
+    readbacks_before = stack.metric(back_on, "emostream_subscriber_readbacks_total")
+    # Idle connections of another event steer registration, which sends a viewer to the least-loaded node.
+    ballast = [Watcher("ballast") for _ in range(6)]
+    viewer = Viewer(
+        registration_url(stack.settings),
+        event_id=event_id,
+        backoff_initial=6.0,
+        backoff_max=6.0,
+        rng=AtTheCeiling(),
+        watermark_ms=stack.settings.watermark_ms,
+    )
+
+    async def steer(counts: dict[str, int], viewer_on: str | None = None) -> None:
+        """Hold ``counts`` ballast connections on the nodes, and wait until registration sees them."""
+        for watcher in ballast:
+            await watcher.disconnect()
+        watchers = iter(ballast)
+        for node, count in counts.items():
+            for _ in range(count):
+                assert await next(watchers).connect(stack.url(node), stack.token(node, "ballast"))
+        seen = {node: count + (node == viewer_on) for node, count in counts.items()}
+        await asyncio.to_thread(stack.wait_connections, seen)
+
+    async def scenario() -> dict[str, Any]:
+        live = LiveEvent(stack.settings, event_id).start()
+        try:
+            await steer({"c0-s0": 0, "c1-s0": 2})
+            await viewer.start(timeout=30)
+            assert viewer.subscriber == "c0-s0"
+            await viewer.wait_for(lambda v: len(v.windows) >= 4, 30)
+            if back_on == "c1-s0":  # make c1-s0 the least loaded once the viewer has gone
+                await steer({"c0-s0": 3, "c1-s0": 0}, viewer_on="c0-s0")
+            held_before = {start: aggregate_version(record) for start, record in viewer.windows.items()}
+            # Registration takes the slot back, as it does for a viewer that gives it up or is moved:
+            # the node drops the connection, and the viewer registers again after its backoff.
+            assignment = viewer.assignment
+            answer = await asyncio.to_thread(
+                requests.post,
+                registration_url(stack.settings) + "/unregister",
+                json={"client_id": assignment["client_id"], "token": assignment["token"]},
+                timeout=10,
+            )
+            assert answer.status_code == 200, answer.text
+            await viewer.wait_for(lambda v: not v.connected, 15)
+            dropped_at = time.time()
+            since = viewer.since()
+            await viewer.wait_for(lambda v: v.connected, 30)
+            back_at = time.time()
+            await asyncio.sleep(3)
+        finally:
+            live.stop()
+            for watcher in ballast:
+                await watcher.disconnect()
+        finals = live.finals()
+        await viewer.wait_for(
+            lambda v: all(v.windows.get(start, {}).get("total") == total for start, total in finals.items()),
+            30,
+        )
+        await viewer.close()
+        return {
+            "since": since,
+            "held_before": held_before,
+            "dropped_at": dropped_at,
+            "back_at": back_at,
+            "finals": live.final_counts(),
+        }
+
+    outcome = asyncio.run(scenario())
+
+    assert viewer.subscribers_seen == ["c0-s0", back_on]
+    assert (viewer.registrations, viewer.reconnects) == (2, 1)
+    assert outcome["back_at"] - outcome["dropped_at"] >= 5.5, "not away the six seconds of its backoff"
+    # Every window of the event exact, each held once (an overwrite per window, never a sum).
+    finals = outcome["finals"]
+    assert len(finals) >= 8, "six seconds away and more around it"
+    assert {start: record["counts"] for start, record in viewer.windows.items()} == {
+        start: {emoji: n for emoji, n in counts.items() if n} for start, counts in finals.items()
+    }
+    # It came back with since: the node sent every window from it, and none before.
+    after = [delivery for delivery in viewer.deliveries if delivery.received_at > outcome["dropped_at"]]
+    assert outcome["since"] is not None
+    assert min(delivery.aggregate["window_start"] for delivery in after) == outcome["since"]
+    # What it held already, and what was routed while it was away, came again as replays: never timed.
+    held_before = outcome["held_before"]
+    for delivery in after:
+        record = delivery.aggregate
+        if aggregate_version(record) <= held_before.get(record["window_start"], (-1, -1)):
+            assert delivery.replayed, delivery
+        if record.get("routed_at", record["emitted_at"]) < outcome["dropped_at"] * 1000:
+            assert delivery.replayed and delivery.delay_ms() is None, delivery
+    assert any(not delivery.replayed for delivery in after), "nothing live after the replay"
+    # No record counted as new twice: one fresh delivery at most per window and version.
+    fresh = [(d.aggregate["window_start"], aggregate_version(d.aggregate)) for d in viewer.deliveries if not d.replayed]
+    assert len(fresh) == len(set(fresh))
     if back_on == "c1-s0":
         assert stack.metric(back_on, "emostream_subscriber_readbacks_total") > readbacks_before
 

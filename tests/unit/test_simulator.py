@@ -68,6 +68,16 @@ def test_probe_latency_is_measured_from_the_tap_to_the_first_aggregate_counting_
     assert [round(x) for x in probes.latencies_ms] == [900, 800]
 
 
+def test_a_replayed_record_takes_the_taps_it_counts_without_timing_them():
+    probes = ProbeLatencies(window_ms=2000)
+    probes.record(received_at=10_100, sent_at=10.0)
+    probes.record(received_at=10_600, sent_at=10.5)
+    # Back from a lost node: the window is sent again, counting the first tap, as the node held it.
+    probes.observe({"window_start": 10_000, "total": 1}, arrived_at=14.0, replayed=True)
+    probes.observe({"window_start": 10_000, "total": 2}, arrived_at=14.2)  # live: times the second only
+    assert [round(x) for x in probes.latencies_ms] == [3700]
+
+
 def test_probe_latency_is_split_into_the_stages_the_clocks_mark():
     probes = ProbeLatencies(window_ms=2000)
     probes.record(received_at=10_030, sent_at=10.0)

@@ -273,3 +273,15 @@ def test_probe_times_each_tap_once_by_the_first_record_that_counts_it():
     assert snapshot["count"] == 2
     assert snapshot["sum"] == pytest.approx(0.8 + 1.2)
     assert latency.last_latency == pytest.approx(1.2)
+
+
+def test_probe_times_nothing_a_node_sent_from_before_its_connection_opened():
+    latency = probe.LatencyProbe(Settings.from_env(environ={}), "http://127.0.0.1:1", "http://127.0.0.1:2")
+    latency.record_tap(2000, sent_at=10.0)
+    latency.record_tap(2000, sent_at=11.0)
+    latency.opened_at = 5_000  # a reconnection: the node first sends its history of the event
+    latency.on_update(_probe_aggregate(2000, 1) | {"routed_at": 4_900}, arrived=13.0)  # a replay: not timed
+    latency.on_update(_probe_aggregate(2000, 2) | {"routed_at": 5_100}, arrived=13.4)  # live: the second tap
+    snapshot = latency.histogram.snapshot()
+    assert snapshot["count"] == 1
+    assert latency.last_latency == pytest.approx(2.4)

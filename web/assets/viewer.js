@@ -26,9 +26,10 @@
     registration: null,
     socket: null,
     generation: 0, // bumped on every (re)join: stale connection attempts see it and stop
+    openedAt: Infinity, // server time the current connection opened: records routed before it are replays
     attempt: 0,
     problem: "", // why the last connection attempt failed, shown while retrying
-    windows: new Map(), // window_start → {aggregate, arrivedAt}
+    windows: new Map(), // window_start → {aggregate, arrivedAt, live}: the newest record of each window
     latestWindow: null,
     floated: new Map(), // window_start → {emoji: scaled already floated}
     queue: [], // taps not yet sent
@@ -41,7 +42,9 @@
     liveEvents: [], // [event, viewers] from the membership
     recentEvents: [],
     foreignUpdates: 0, // aggregates of another event: a routing bug if it ever grows
+    replays: 0, // records sent again (history, since) or no newer than the window held: never timed nor floated
     floatsAlive: 0,
+    floatsShown: 0, // emoji floated since the page opened (only live records float)
   };
 
   // ------------------------------------------------------------------ start
@@ -264,11 +267,31 @@
     $("status-node").title = registration.url;
   }
 
+  /**
+   * The window_start of the oldest window this page may not hold final, or null when it holds none.
+   * The processor still updates a window until its watermark has passed the window's end: from the
+   * newest window held, ask again for the windows that watermark covers, and one more (a late record
+   * of an older window can be written in the processor's batch after the newest one's).
+   */
+  function sinceWindow() {
+    if (state.latestWindow === null) return null;
+    const windowMs = state.config.window_ms;
+    const lateness = Number(state.config.watermark_ms) || 0;
+    return state.latestWindow - (Math.ceil(lateness / windowMs) + 1) * windowMs;
+  }
+
   /** Resolves to the connected socket, or null when the node refuses or does not answer. */
   function openSocket(registration, generation) {
     return new Promise((resolve) => {
       const socket = window.io(registration.url, {
-        auth: { token: registration.token },
+        // Called on every connection attempt: a page coming back asks for the windows it may have
+        // missed (the node sends them before the live ones).
+        auth: (send) => {
+          state.openedAt = serverNow();
+          const since = sinceWindow();
+          document.body.dataset.since = since === null ? "" : String(since);
+          send(since === null ? { token: registration.token } : { token: registration.token, since });
+        },
         reconnection: false, // this page re-registers instead: the node may be gone for good
         forceNew: true,
         timeout: CONNECT_TIMEOUT_MS,
@@ -282,7 +305,10 @@
           resolve(value);
         }
       };
-      socket.on("connect", () => settle(socket));
+      socket.on("connect", () => {
+        state.openedAt = serverNow();
+        settle(socket);
+      });
       socket.on("connect_error", (error) => {
         socket.close();
         if (!settled) state.problem = `Node ${registration.subscriber} refused: ${error.message || "no answer"}`;
@@ -448,7 +474,7 @@
     for (const start of windows) {
       const seen = state.windows.get(start);
       if (seen && countsTap(seen.aggregate, pending)) {
-        recordDelay(seen.arrivedAt - t.clickedAt);
+        if (seen.live) recordDelay(seen.arrivedAt - t.clickedAt);
         return;
       }
     }
@@ -467,13 +493,15 @@
     return ((aggregate.counts || {})[pending.emoji] || 0) >= needed;
   }
 
-  function matchTaps(aggregate, arrivedAt) {
+  /** Time the taps a record counts; a replay counts them too (they are done), but times none. */
+  function matchTaps(aggregate, arrivedAt, live) {
     const now = performance.now();
     const waiting = [];
     let expired = 0;
     for (const pending of state.pending) {
-      if (countsTap(aggregate, pending)) recordDelay(arrivedAt - pending.clickedAt);
-      else if (now - pending.clickedAt > PENDING_TAP_MS) expired++;
+      if (countsTap(aggregate, pending)) {
+        if (live) recordDelay(arrivedAt - pending.clickedAt);
+      } else if (now - pending.clickedAt > PENDING_TAP_MS) expired++;
       else waiting.push(pending);
     }
     state.pending = waiting;
@@ -502,9 +530,17 @@
     const arrivedAt = performance.now();
     const start = aggregate.window_start;
     const previous = state.windows.get(start);
-    // Records are cumulative per window: an older (smaller) one arriving late changes nothing.
-    if (previous && previous.aggregate.total > aggregate.total) return;
-    state.windows.set(start, { aggregate, arrivedAt });
+    // Records are cumulative per window: a repeat, or an older one arriving late, changes nothing.
+    if (previous && !isNewer(aggregate, previous.aggregate)) {
+      countReplay();
+      return;
+    }
+    // The clients' replay rule (emostream/clients/probes.py): a newer record is live only if it was
+    // routed (else emitted) after this connection opened; what the node sent from before is history.
+    const stamp = Number(aggregate.routed_at ?? aggregate.emitted_at);
+    const live = !(stamp < state.openedAt);
+    if (!live) countReplay();
+    state.windows.set(start, { aggregate, arrivedAt, live });
     if (state.windows.size > KEPT_WINDOWS) {
       const oldest = Math.min(...state.windows.keys());
       state.windows.delete(oldest);
@@ -513,10 +549,21 @@
     }
     if (state.latestWindow === null || start >= state.latestWindow) state.latestWindow = start;
     document.body.dataset.updates = String(Number(document.body.dataset.updates || 0) + 1);
-    floatUp(aggregate);
-    matchTaps(aggregate, arrivedAt);
+    floatUp(aggregate, live);
+    matchTaps(aggregate, arrivedAt, live);
     renderWindow();
     renderStrip();
+  }
+
+  /** Of two records of one window the higher total is its count, then the later emitted_at. */
+  function isNewer(aggregate, held) {
+    if (aggregate.total !== held.total) return aggregate.total > held.total;
+    return (Number(aggregate.emitted_at) || 0) > (Number(held.emitted_at) || 0);
+  }
+
+  function countReplay() {
+    state.replays++;
+    document.body.dataset.replays = String(state.replays);
   }
 
   function resetWindows() {
@@ -534,8 +581,11 @@
 
   // ------------------------------------------------------------------ floating emoji
 
-  /** Float as many of each emoji as its `scaled` grew by since this window's last update. */
-  function floatUp(aggregate) {
+  /**
+   * Float as many of each emoji as its `scaled` grew by since this window's last update; a replay
+   * only moves the mark, so windows sent again on a join or a reconnect do not float as if live.
+   */
+  function floatUp(aggregate, live) {
     const scaled = aggregate.scaled || {};
     const floated = state.floated.get(aggregate.window_start) || {};
     const wanted = [];
@@ -545,7 +595,7 @@
       for (let i = 0; i < fresh; i++) wanted.push(emoji);
     }
     state.floated.set(aggregate.window_start, floated);
-    if (!wanted.length) return;
+    if (!live || !wanted.length) return;
     // A huge window floats a sample that keeps the proportions, not thousands of nodes.
     const room = Math.max(0, Math.min(MAX_FLOATS_PER_UPDATE, MAX_FLOATS - state.floatsAlive));
     const step = wanted.length > room ? wanted.length / room : 1;
@@ -563,6 +613,8 @@
     node.style.setProperty("--drift", `${Math.round((Math.random() - 0.5) * 80)}px`);
     node.style.setProperty("--size", `${(1.6 + Math.random() * 1.2).toFixed(2)}rem`);
     state.floatsAlive++;
+    state.floatsShown++;
+    document.body.dataset.floats = String(state.floatsShown);
     node.addEventListener("animationend", () => {
       node.remove();
       state.floatsAlive--;
