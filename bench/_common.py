@@ -144,6 +144,9 @@ def run_wrk(wrk: str, url: str, script: Path, connections: int, seconds: float, 
 # The commit the efficiency work started from: the default same-run baseline of the benches
 # that compare this code with earlier code (--baseline-rev).
 BASELINE_REV = "25343af25179373be514062a42326f2e56425757"
+# The defaults of BASELINE_REV that this code changed, so that its services run as they shipped:
+# settings are handed to a baseline's services whole, this code's defaults included.
+BASELINE_SETTINGS = {"emoji_partitions": 4, "shuffle_partitions": 0}
 
 
 @contextmanager

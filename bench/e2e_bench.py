@@ -34,7 +34,7 @@ import uuid
 from pathlib import Path
 
 import psutil
-from _common import BASELINE_REV, baseline_checkout, kafka_for_bench, process_tree, tree_cpu_seconds
+from _common import BASELINE_REV, BASELINE_SETTINGS, baseline_checkout, kafka_for_bench, process_tree, tree_cpu_seconds
 
 from emostream.clients.crowd import Crowd, CrowdPlan, parse_mix
 from emostream.clients.probes import STAGES
@@ -111,6 +111,8 @@ async def measure(stack: Stack, args: argparse.Namespace) -> tuple[dict, dict]:
 
 def run_config(name: str, root: Path, base: Settings, work: Path, args) -> tuple[dict, dict]:
     state = work / f"stack-{len(list(work.glob('stack-*')))}"
+    if name == BASELINE:
+        base = base.replace(**BASELINE_SETTINGS)
     settings = unique_stack_settings(
         base,
         state,

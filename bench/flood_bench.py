@@ -36,6 +36,7 @@ from _common import ensure_wrk, free_port, kafka_for_bench, start_wrk, stop_proc
 from emostream import kafka
 from emostream.settings import ROOT, Settings
 from emostream.wire import now_ms
+from tests.harness.support import wait_healthy
 
 FLOOD_SCRIPT = r"""
 local body = '%(body)s'
@@ -132,16 +133,10 @@ def run(args: argparse.Namespace, wrk: str, work: Path, bootstrap: str) -> int:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if requests.get(url + "/healthz", timeout=2).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            if time.monotonic() > deadline:
-                raise SystemExit(f"ingest did not start; see {work / 'ingest.log'}")
-            time.sleep(0.3)
+        try:
+            wait_healthy(url + "/healthz", 60, ingest)
+        except (TimeoutError, RuntimeError) as error:
+            raise SystemExit(f"ingest did not start ({error}); see {work / 'ingest.log'}") from None
 
         batch = [{"user_id": f"flooder-{tag}", "emoji_type": "🔥", "timestamp": now_ms()}] * args.flood_batch
         script = work / "flood.lua"

@@ -58,7 +58,7 @@ from emostream.fanout.ops import ensure_fanout_topics
 from emostream.settings import DEFAULT_EMOJI, Settings
 from emostream.wire import make_aggregate, now_ms
 from tests.harness.settings import isolated_settings, unique_topics
-from tests.harness.support import ServiceProcess, free_port, metric_of
+from tests.harness.support import ServiceProcess, free_port, metric_of, wait_healthy
 from tests.harness.viewer_channel import LiveEvent, Watcher, node_token
 
 AWAY_MS = 6_000
@@ -155,15 +155,10 @@ class Topology:
         targets = [self.url(node) + "/healthz" for node in self.NODES]
         targets.append(f"http://127.0.0.1:{self.settings.pubsub_metrics_port}/healthz")
         for target in targets:
-            while True:
-                try:
-                    if requests.get(target, timeout=2).ok:
-                        break
-                except requests.RequestException:
-                    pass
-                if time.monotonic() > deadline:
-                    raise SystemExit(f"{target} not healthy after {timeout:.0f} s")
-                time.sleep(0.3)
+            try:
+                wait_healthy(target, max(0.1, deadline - time.monotonic()))
+            except TimeoutError as error:
+                raise SystemExit(str(error)) from None
 
     def connections(self, node: str) -> int:
         return requests.get(self.url(node) + "/healthz", timeout=5).json()["connections"]

@@ -47,7 +47,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from _common import BASELINE_REV, baseline_checkout, free_port, kafka_for_bench, stop_process_group
+from _common import BASELINE_REV, BASELINE_SETTINGS, baseline_checkout, free_port, kafka_for_bench, stop_process_group
 
 from emostream import kafka
 from emostream.settings import ROOT, Settings
@@ -319,19 +319,22 @@ def run_configuration(
     base: Settings,
     name: str,
     root: Path,
-    partitions: int,
+    partitions: int | None,
     args: argparse.Namespace,
     scratch: Path,
     created: list[Settings],
 ) -> Result:
     tag = f"bench-{name}-{uuid.uuid4().hex[:6]}"
+    if name == "baseline":
+        base = base.replace(**BASELINE_SETTINGS)
+    if partitions is not None:
+        base = base.replace(shuffle_partitions=partitions)
     settings = base.replace(
         emoji_topic=f"emoji_topic.{tag}",
         aggregate_topic=f"aggregated_emoji_topic.{tag}",
         dead_letter_topic=f"emoji_dead_letter_topic.{tag}",
         membership_topic=f"emostream_subscribers.{tag}",
         clusters=0,
-        shuffle_partitions=partitions,
         trigger_ms=args.trigger_ms,
         checkpoint_dir=str(scratch / tag / "checkpoint"),
         processor_metrics_port=free_port(),
@@ -573,7 +576,8 @@ def main() -> int:
     args = parser.parse_args()
     args.rate_list = [int(rate) for rate in args.rates.split(",") if rate.strip()]
     configs = [name.strip() for name in args.configs.split(",") if name.strip()]
-    partitions = {"baseline": 0, "current": 0, "one": 1, "default-200": 200}
+    # Shuffle partitions by configuration; None keeps the checkout's own default.
+    partitions: dict[str, int | None] = {"baseline": None, "current": None, "one": 1, "default-200": 200}
     unknown = set(configs) - set(partitions)
     if unknown or not args.rate_list:
         parser.error(f"unknown configurations {sorted(unknown)}" if unknown else "--rates names no rate")

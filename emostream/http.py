@@ -95,10 +95,10 @@ def tune_gc() -> None:
     """Keep the cyclic garbage collector off the request path of a busy service process.
 
     With CPython's default thresholds a full collection runs every few seconds over every
-    object the process holds. Measured: it stalled a fan-out node with 5,000 viewers for
-    0.4-0.9 s (packets in flight during a broadcast survive the young collections and push
-    the old generation over its trigger), and it was the ingest's slowest 1 % of requests
-    (p99 44-62 ms before, 34-43 ms after, at 3,300 requests/s). Freezing what start-up built
+    object the process holds: it stalled a fan-out node with thousands of viewers for most of a
+    second (packets in flight during a broadcast survive the young collections and push the old
+    generation over its trigger), and it made the ingest's slowest requests (the README's
+    Measured section has the figures). Freezing what start-up built
     and collecting the older generations less often removes those stalls; reference
     counting still frees almost everything a request allocates. Call it once the service is
     built, in the process that serves.

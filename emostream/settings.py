@@ -38,7 +38,11 @@ class Settings:
     kafka_local_controller_port: int = _doc("KRaft controller port of the local broker.", 9093)
     kafka_heap: str = _doc("JVM heap of the local broker (-Xmx and -Xms).", "512m")
     emoji_topic: str = _doc("Topic of raw emoji events, written by ingest.", "emoji_topic")
-    emoji_partitions: int = _doc("Partitions of the raw emoji topic.", 4)
+    emoji_partitions: int = _doc(
+        "Partitions of the raw emoji topic (a processor task each per micro-batch: as many as cores, or more "
+        "on a cluster).",
+        2,
+    )
     aggregate_topic: str = _doc("Topic of windowed aggregates, written by the processor.", "aggregated_emoji_topic")
     dead_letter_topic: str = _doc(
         "Topic of records the processor could not use, with the reason.", "emoji_dead_letter_topic"
@@ -103,7 +107,11 @@ class Settings:
     spark_master: str = _doc("Spark master URL; local[*] runs Spark inside the processor.", "local[*]")
     spark_ui: bool = _doc("Serve Spark's web UI (port 4040) from the processor.", True)
     spark_driver_memory: str = _doc("Spark driver memory.", "1g")
-    shuffle_partitions: int = _doc("spark.sql.shuffle.partitions; 0 means the number of cores.", 0)
+    shuffle_partitions: int = _doc(
+        "spark.sql.shuffle.partitions, fixed in the checkpoint at the query's first start (a state store "
+        "each); 0 means the number of cores.",
+        1,
+    )
     spark_conf: tuple[str, ...] = _doc(
         "Extra Spark settings as comma-separated key=value pairs, applied after the project's own "
         "(spark.driver.extraJavaOptions is added to the project's driver options).",

@@ -66,8 +66,8 @@ class EmojiEvent:
 
         Only for events from :func:`validate_event`: their ids match ``USER_ID_RE`` and
         ``EVENT_ID_RE`` (nothing to escape), their times are integers, and the emoji is
-        encoded by ``json``. About 1 µs against 5 µs for ``json.dumps`` of the dict, paid per
-        emoji on the ingest's hot path.
+        encoded by ``json``. A fraction of what ``json.dumps`` of the dict costs, paid per emoji on
+        the ingest's hot path.
         """
         return b'{"user_id":"%s","emoji_type":%s,"timestamp":%d,"event_id":"%s","received_at":%d}' % (
             self.user_id.encode(),

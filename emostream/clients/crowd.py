@@ -285,10 +285,11 @@ class Crowd:
     def stop(self) -> None:
         self._stop.set()
 
-    async def run(self, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    async def run(self, progress: Callable[[str], None] | None = None, every: float = 2.0) -> dict[str, Any]:
+        """Start the viewers, send, drain, report; ``progress`` gets a line every ``every`` seconds."""
         await self.start_viewers()
         self._started = time.monotonic()
-        reporter = asyncio.create_task(self._progress(progress)) if progress else None
+        reporter = asyncio.create_task(self._progress(progress, every)) if progress else None
         try:
             await self.run_senders()
             await self._drain()
@@ -311,9 +312,9 @@ class Crowd:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), timeout=0.5)
 
-    async def _progress(self, write: Callable[[str], None]) -> None:
+    async def _progress(self, write: Callable[[str], None], every: float) -> None:
         while True:
-            await asyncio.sleep(2)
+            await asyncio.sleep(every)
             write(self.progress_line())
 
     def _sending_seconds(self) -> float:

@@ -75,7 +75,8 @@ def progress_line(ledger: Ledger, probes: ProbeLatencies, sending_seconds: float
 
 
 def write_progress(line: str) -> None:
-    sys.stderr.write("\r" + line)
+    """On a terminal the line is rewritten in place; in a log (``make run``) it is a line of its own."""
+    sys.stderr.write("\r" + line if sys.stderr.isatty() else line + "\n")
     sys.stderr.flush()
 
 

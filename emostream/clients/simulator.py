@@ -121,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         log.info("classic run finished: %s", results)
         return 0 if results.get("accepted") else 1
     report = asyncio.run(run(plan_from_args(args, settings)))
-    sys.stderr.write("\n")
+    if sys.stderr.isatty():
+        sys.stderr.write("\n")  # after the progress line rewritten in place
     sys.stdout.write((dump(report) if args.json else format_report(report)) + "\n")
     return 0 if report["emoji_lost"] == 0 and report["emoji_extra"] == 0 else 2
 
@@ -131,4 +132,5 @@ async def run(plan: CrowdPlan) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, crowd.stop)  # stop sending, report, unregister
-    return await crowd.run(progress=write_progress)
+    # In a log (make run) a progress line every few seconds would drown the services' lines.
+    return await crowd.run(progress=write_progress, every=2.0 if sys.stderr.isatty() else 30.0)

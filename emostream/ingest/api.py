@@ -258,9 +258,8 @@ def read_json(environ: dict[str, Any], max_bytes: int) -> Any:
 class FastIntake:
     """WSGI middleware: ``POST /emoji`` and ``POST /emojis`` without an ``Origin``, answered before Flask.
 
-    Flask's request context, routing, response object and CORS extension cost about two thirds
-    of an intake request's time in the app (measured: 158 µs per single-emoji request through
-    Flask, about 30 µs here), and the intake is most of the ingest's work. Anything else, and every
+    Flask's request context, routing, response object and CORS extension cost most of an intake
+    request's time in the app, and the intake is most of the ingest's work. Anything else, and every
     browser request (which carries ``Origin`` and needs CORS headers), goes on to Flask.
     """
 

@@ -8,8 +8,8 @@ exactly what was answered 202 and not yet acknowledged by Kafka.
 
 A segment file is memory-mapped (shared) and space for it is allocated up front, so an
 append is a copy into the kernel's page cache with no system call: a ``write`` would release
-Python's GIL and make the request thread queue for it again behind the flusher (measured:
-about 16 % of the single-emoji request rate). A worker that dies, even by SIGKILL, leaves its
+Python's GIL and make the request thread queue for it again behind the flusher, a large part
+of the single-emoji request rate. A worker that dies, even by SIGKILL, leaves its
 segments behind: once copied, the data belongs to the page cache, so only a machine crash
 before the kernel writes it out can lose it (set ``EMOSTREAM_INGEST_JOURNAL_FSYNC=true`` to
 sync every append; it costs a disk flush per request). Allocating and mapping a file takes a few
@@ -53,8 +53,8 @@ Record = tuple[str, bytes]  # (Kafka key, JSON value)
 SUFFIX = ".seg"
 SPARE = ".spare"  # mapped ahead of need, holds nothing yet
 COMMIT = b"\x1e\n"
-# Space a segment file reserves; a flush interval's records normally fit in one (at 100,000 emoji/s
-# a worker takes about 6 MB per 500 ms), and more files follow when they do not.
+# Space a segment file reserves; a flush interval's records normally fit in one, even at the
+# highest rates a worker takes, and more files follow when they do not.
 FILE_BYTES = 16 * 1024 * 1024
 
 

@@ -82,6 +82,19 @@ def wait_http(url: str, timeout: float = 30.0, process: subprocess.Popen | None 
     raise TimeoutError(f"{url} did not answer within {timeout:.0f} s: {last_error}")
 
 
+def wait_healthy(url: str, timeout: float = 60.0, process: subprocess.Popen | None = None) -> None:
+    """GET ``url`` (a /healthz) until it answers 200, or fail saying what it answered last."""
+    deadline = time.monotonic() + timeout
+    answer: requests.Response | None = None
+    while time.monotonic() < deadline:
+        answer = wait_http(url, max(0.1, deadline - time.monotonic()), process)
+        if answer.status_code == 200:
+            return
+        time.sleep(0.2)
+    status = "no answer" if answer is None else f"{answer.status_code} {answer.text[:200]}"
+    raise TimeoutError(f"{url} was not healthy within {timeout:.0f} s: {status}")
+
+
 class ServiceProcess:
     """One of the top-level scripts run as a child process with the given settings.
 
