@@ -167,6 +167,13 @@ POISON = {
     b'{"user_id": "v1", "emoji_type": "\xf0\x9f\x94\xa5", "timestamp": 1, "event_id": "a|b", "received_at": 1}': (
         aggregation.BAD_EVENT_ID
     ),
+    # Java's "$" also matches before a final newline: ids are matched whole.
+    b'{"user_id": "v1\\n", "emoji_type": "\xf0\x9f\x94\xa5", "timestamp": 1, "event_id": "f", "received_at": 1}': (
+        aggregation.BAD_USER_ID
+    ),
+    b'{"user_id": "v1", "emoji_type": "\xf0\x9f\x94\xa5", "timestamp": 1, "event_id": "f\\n", "received_at": 1}': (
+        aggregation.BAD_EVENT_ID
+    ),
     b'{"user_id": "v1", "emoji_type": "\xf0\x9f\x94\xa5", "timestamp": "soon", "event_id": "f", "received_at": 1}': (
         aggregation.BAD_TIMESTAMP
     ),
