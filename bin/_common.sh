@@ -22,3 +22,17 @@ with_bootstrap() {
   done
   return 0
 }
+
+# True unless one of the options before "--" appears (alone or as --option=value) among the
+# arguments after it.
+with_option() {
+  local options=() arg option
+  while [ "$#" -gt 0 ] && [ "$1" != -- ]; do options+=("$1"); shift; done
+  shift
+  for arg in "$@"; do
+    for option in "${options[@]}"; do
+      case "$arg" in "$option"|"$option"=*) return 1 ;; esac
+    done
+  done
+  return 0
+}

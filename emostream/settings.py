@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import json
 import os
 import sys
 from collections.abc import Mapping
@@ -21,6 +22,27 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # ❤️ is U+2764 U+FE0F: two code points, compared as a whole string.
 DEFAULT_EMOJI = ("🔥", "👏", "😂", "😮", "😢", "😡", "\u2764\ufe0f", "👍", "🎉", "🏏")
+
+
+KAFKA_PROTOCOLS = ("PLAINTEXT", "SASL_SSL")
+KAFKA_SASL_MECHANISMS = ("SCRAM-SHA-512", "SCRAM-SHA-256")
+# Each has a Kafka user of its own on a secured cluster; "admin" creates topics and ACLs and runs the tools.
+KAFKA_SERVICES = ("admin", "ingest", "processor", "registration", "publisher", "cluster-publisher", "node", "manager")
+
+
+@dataclass(frozen=True)
+class KafkaSecurity:
+    """How one process connects to Kafka, checked: what the Kafka layer turns into each client's options."""
+
+    protocol: str
+    mechanism: str = ""
+    username: str = ""
+    password: str = field(default="", repr=False)
+    ca_file: str = ""
+
+    @property
+    def secured(self) -> bool:
+        return self.protocol != "PLAINTEXT"
 
 
 def _doc(text: str, default: Any = dataclasses.MISSING, **kwargs: Any) -> Any:
@@ -52,6 +74,24 @@ class Settings:
     )
     membership_topic: str = _doc(
         "Compacted topic of subscriber-node heartbeats (the membership's source of truth).", "emostream_subscribers"
+    )
+    kafka_security_protocol: str = _doc(
+        "How every Kafka client connects: PLAINTEXT, or SASL_SSL (TLS, and a SCRAM user per service).", "PLAINTEXT"
+    )
+    kafka_sasl_mechanism: str = _doc("SASL mechanism with SASL_SSL: SCRAM-SHA-512 or SCRAM-SHA-256.", "SCRAM-SHA-512")
+    kafka_username: str = _doc(
+        "Kafka user of this process with SASL_SSL (when no credentials file names the service's own).", ""
+    )
+    kafka_password: str = _doc("Password of EMOSTREAM_KAFKA_USERNAME (or use the password file).", "", repr=False)
+    kafka_password_file: str = _doc("File whose first line is the password of EMOSTREAM_KAFKA_USERNAME.", "")
+    kafka_credentials_file: str = _doc(
+        "JSON file of each service's Kafka user and password ({service: {username, password}}); each service "
+        "takes its own entry and it wins over the username. Unset with the local broker: the one it generated.",
+        "",
+    )
+    kafka_ca_file: str = _doc(
+        "PEM file of the CA that signed the brokers' certificates (SASL_SSL). Unset with the local broker: its own.",
+        "",
     )
     replication_factor: int = _doc("Replication factor of topics the project creates (3 on a real cluster).", 1)
     min_insync_replicas: int = _doc("min.insync.replicas of topics the project creates (2 on a real cluster).", 1)
@@ -206,6 +246,95 @@ class Settings:
         }
 
     @property
+    def kafka_secured(self) -> bool:
+        return self.kafka_security_protocol.strip().upper() != "PLAINTEXT"
+
+    @property
+    def local_kafka_home(self) -> Path:
+        """Folder of the local broker: a secured one keeps its data, certificates and passwords apart."""
+        return Path(self.state_dir) / ("kafka-secured" if self.kafka_secured else "kafka")
+
+    def for_kafka_service(self, service: str) -> Settings:
+        """These settings with ``service``'s own Kafka user, checked; SystemExit says what to fix.
+
+        With SASL_SSL the credentials file (by default the local broker's) wins over
+        ``kafka_username``: a launcher hands its children the file, and each child takes
+        its own entry. The returned settings name the file and CA they used, so a child
+        started with ``to_env()`` resolves the same way.
+        """
+        if service not in KAFKA_SERVICES:
+            raise ValueError(f"unknown Kafka service {service!r}")
+        protocol = self.kafka_security_protocol.strip().upper()
+        if protocol not in KAFKA_PROTOCOLS:
+            raise SystemExit(
+                f"EMOSTREAM_KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol!r} is not one of "
+                f"{', '.join(KAFKA_PROTOCOLS)}"
+            )
+        if protocol == "PLAINTEXT":
+            return self.replace(kafka_security_protocol=protocol)
+        local = self.local_kafka_home if self.kafka_is_local else None
+        credentials_file = self.kafka_credentials_file or (str(local / "credentials.json") if local else "")
+        changes: dict[str, Any] = {
+            "kafka_security_protocol": protocol,
+            "kafka_ca_file": self.kafka_ca_file or (str(local / "tls" / "ca.pem") if local else ""),
+            "kafka_credentials_file": credentials_file,
+        }
+        if credentials_file:
+            entry = _read_credentials(credentials_file, local is not None and not self.kafka_credentials_file).get(
+                service
+            )
+            if not isinstance(entry, dict) or not entry.get("username") or not entry.get("password"):
+                raise SystemExit(
+                    f"EMOSTREAM_KAFKA_CREDENTIALS_FILE {credentials_file} has no username and password for "
+                    f"the service {service!r}"
+                )
+            changes.update(kafka_username=entry["username"], kafka_password=entry["password"], kafka_password_file="")
+        resolved = self.replace(**changes)
+        resolved.kafka_client_security()
+        return resolved
+
+    def kafka_client_security(self) -> KafkaSecurity:
+        """This process's Kafka security, checked; SystemExit with what to fix when it is incomplete."""
+        protocol = self.kafka_security_protocol.strip().upper()
+        if protocol not in KAFKA_PROTOCOLS:
+            raise SystemExit(
+                f"EMOSTREAM_KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol!r} is not one of "
+                f"{', '.join(KAFKA_PROTOCOLS)}"
+            )
+        if protocol == "PLAINTEXT":
+            return KafkaSecurity(protocol)
+        mechanism = self.kafka_sasl_mechanism.strip().upper()
+        if mechanism not in KAFKA_SASL_MECHANISMS:
+            raise SystemExit(
+                f"EMOSTREAM_KAFKA_SASL_MECHANISM={self.kafka_sasl_mechanism!r} is not one of "
+                f"{', '.join(KAFKA_SASL_MECHANISMS)}"
+            )
+        if not self.kafka_username:
+            raise SystemExit(
+                f"{protocol} needs a Kafka user: set EMOSTREAM_KAFKA_USERNAME and EMOSTREAM_KAFKA_PASSWORD "
+                "(or _PASSWORD_FILE), or EMOSTREAM_KAFKA_CREDENTIALS_FILE for the services"
+            )
+        password = self.kafka_password
+        if not password and self.kafka_password_file:
+            try:
+                lines = Path(self.kafka_password_file).read_text().splitlines()
+            except OSError as error:
+                raise SystemExit(f"EMOSTREAM_KAFKA_PASSWORD_FILE cannot be read: {error}") from None
+            password = lines[0].strip() if lines else ""
+        if not password:
+            raise SystemExit(
+                f"the Kafka user {self.kafka_username!r} has no password: set EMOSTREAM_KAFKA_PASSWORD "
+                "or EMOSTREAM_KAFKA_PASSWORD_FILE"
+            )
+        if not self.kafka_ca_file:
+            raise SystemExit(
+                f"{protocol} needs the CA that signed the brokers' certificates: set EMOSTREAM_KAFKA_CA_FILE to its PEM file"
+            )
+        if not Path(self.kafka_ca_file).is_file():
+            raise SystemExit(f"EMOSTREAM_KAFKA_CA_FILE {self.kafka_ca_file} does not exist or is not a file")
+        return KafkaSecurity(protocol, mechanism, self.kafka_username, password, self.kafka_ca_file)
+
+    @property
     def effective_shuffle_partitions(self) -> int:
         return self.shuffle_partitions or (os.cpu_count() or 2)
 
@@ -225,6 +354,19 @@ class Settings:
             f"{service}: refusing to listen on {host} with the built-in development token secret; "
             "set EMOSTREAM_TOKEN_SECRET to the same random value for registration and every subscriber node"
         )
+
+
+def _read_credentials(path: str, generated_by_local_broker: bool) -> dict[str, Any]:
+    try:
+        credentials = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        advice = "start the local broker first (bin/kafka-start)" if generated_by_local_broker else "check the path"
+        raise SystemExit(f"the Kafka credentials file {path} does not exist: {advice}") from None
+    except (OSError, ValueError) as error:
+        raise SystemExit(f"the Kafka credentials file {path} cannot be read as JSON: {error}") from None
+    if not isinstance(credentials, dict):
+        raise SystemExit(f"the Kafka credentials file {path} must hold a JSON object of services")
+    return credentials
 
 
 def _is_loopback(host: str) -> bool:

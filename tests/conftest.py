@@ -3,7 +3,8 @@
 The test broker listens on 127.0.0.1:19092 (EMOSTREAM_TEST_KAFKA_PORT) with its own state
 under build/test-state/kafka-<port> (tests/harness/broker.py), so it never touches a broker
 that ``make run`` started, nor another test session's. Set EMOSTREAM_TEST_KAFKA_BOOTSTRAP to
-test against a cluster that is already running. The SparkSession needs no broker.
+test against a cluster that is already running. The SparkSession needs no broker. Tests that ask for ``secured_kafka`` share a second,
+SASL_SSL broker on free ports (tests/harness/secured_kafka.py).
 Every test that asks for ``settings`` gets topics of its own.
 Helpers that tests and benches share live in tests/harness/, never here.
 """
@@ -20,6 +21,7 @@ import pytest
 from emostream import kafka
 from emostream.settings import Settings
 from tests.harness.broker import broker_node_for_tests
+from tests.harness.secured_kafka import SecuredBroker, start_secured_broker
 from tests.harness.settings import isolated_settings, unique_topics
 
 
@@ -53,6 +55,22 @@ def settings(base_settings: Settings, tmp_path: Path) -> Settings:
     fresh = unique_topics(base_settings).replace(checkpoint_dir=str(tmp_path / "checkpoint"))
     kafka.ensure_topics(fresh)
     return fresh
+
+
+@pytest.fixture(scope="session")
+def secured_kafka() -> Iterator[SecuredBroker]:
+    """The session's second broker, SASL_SSL with SCRAM users and ACLs; started only for the tests that ask."""
+    broker = start_secured_broker()
+    try:
+        yield broker
+    finally:
+        broker.node.stop()
+
+
+@pytest.fixture
+def secured_settings(secured_kafka: SecuredBroker, tmp_path: Path) -> Settings:
+    """Per-test settings on the secured broker, as its admin, with topics and ACLs of the test's own."""
+    return secured_kafka.prepare_topics(unique_topics(isolated_settings(tmp_path / "state")))
 
 
 @pytest.fixture(scope="session")

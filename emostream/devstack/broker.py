@@ -17,6 +17,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from emostream.devstack import broker_security
+from emostream.devstack.broker_security import BrokerSecurity, SecuritySetupError
 from emostream.devstack.jvmprocess import JvmProcess
 from emostream.devstack.jvmprocess import pid_alive as pid_alive  # re-exported: callers import it from here
 from emostream.devstack.jvmprocess import port_in_use as port_in_use
@@ -79,6 +81,8 @@ class BrokerNode(JvmProcess):
     cluster_id: str | None = None
     default_replication: int = 1
     min_insync: int = 1
+    # A SASL_SSL client listener, TLS files and SCRAM users under ``home`` (made on the first start).
+    secured: bool = False
 
     @property
     def name(self) -> str:
@@ -108,6 +112,13 @@ class BrokerNode(JvmProcess):
     def config_file(self) -> Path:
         return self.home / "server.properties"
 
+    def security(self) -> BrokerSecurity:
+        """The TLS files and SCRAM users of a secured node, made on first use."""
+        try:
+            return broker_security.prepare(self.home, self.host)
+        except SecuritySetupError as error:
+            raise BrokerError(str(error)) from None
+
     def classpath(self) -> str:
         if not self.jars.is_dir() or not any(self.jars.glob("kafka_*.jar")):
             raise BrokerError(f"Kafka jars are missing in {self.jars}: run bin/setup-jars first")
@@ -117,16 +128,22 @@ class BrokerNode(JvmProcess):
         voters = ",".join(self.quorum) or f"{self.node_id}@{self.host}:{self.controller_port}"
         bootstrap_controllers = ",".join(v.split("@", 1)[1] for v in voters.split(","))
         rf = self.default_replication
-        return "\n".join(
-            [
-                "process.roles=broker,controller",
-                f"node.id={self.node_id}",
-                f"controller.quorum.bootstrap.servers={bootstrap_controllers}",
+        if self.secured:
+            listeners = broker_security.listener_properties(self.security(), self.host, self.port, self.controller_port)
+        else:
+            listeners = [
                 f"listeners=PLAINTEXT://{self.host}:{self.port},CONTROLLER://{self.host}:{self.controller_port}",
                 f"advertised.listeners=PLAINTEXT://{self.host}:{self.port},CONTROLLER://{self.host}:{self.controller_port}",
                 "controller.listener.names=CONTROLLER",
                 "inter.broker.listener.name=PLAINTEXT",
                 "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            ]
+        return "\n".join(
+            [
+                "process.roles=broker,controller",
+                f"node.id={self.node_id}",
+                f"controller.quorum.bootstrap.servers={bootstrap_controllers}",
+                *listeners,
                 f"log.dirs={self.data_dir}",
                 "num.partitions=1",
                 "auto.create.topics.enable=false",
@@ -168,9 +185,13 @@ class BrokerNode(JvmProcess):
             args += ["--initial-controllers", ",".join(_with_directory_ids(self.quorum, cluster_id))]
         else:
             args += ["--standalone"]
+        if self.secured:
+            args += broker_security.scram_arguments(self.security())
         done = self._java("kafka.tools.StorageTool", *args, timeout=120)
         if done.returncode != 0:
-            raise BrokerError(f"formatting Kafka storage failed:\n{done.stdout}{done.stderr}")
+            # The output may echo the SCRAM arguments: say what failed without the passwords.
+            detail = "" if self.secured else f":\n{done.stdout}{done.stderr}"
+            raise BrokerError(f"formatting Kafka storage in {self.data_dir} failed (exit {done.returncode}){detail}")
         log.info("formatted Kafka storage in %s (cluster %s)", self.data_dir, cluster_id)
 
     def launch(self) -> tuple[subprocess.Popen, int]:
@@ -182,7 +203,10 @@ class BrokerNode(JvmProcess):
         self.refuse_taken_ports()
         self.home.mkdir(parents=True, exist_ok=True)
         (self.home / "log4j2.properties").write_text(LOG4J2_CONFIG)
-        self.config_file.write_text(self._properties())
+        if self.secured:
+            broker_security.write_private(self.config_file, self._properties())  # it holds the admin's password
+        else:
+            self.config_file.write_text(self._properties())
         self._format()
         return self.spawn(
             [
@@ -223,7 +247,8 @@ def _with_directory_ids(quorum: tuple[str, ...], cluster_id: str) -> list[str]:
 def local_node(settings: Settings) -> BrokerNode:
     """The single local broker described by the settings."""
     return BrokerNode(
-        home=Path(settings.state_dir) / "kafka",
+        home=settings.local_kafka_home,
+        secured=settings.kafka_secured,
         port=settings.kafka_local_port,
         controller_port=settings.kafka_local_controller_port,
         heap=settings.kafka_heap,

@@ -533,7 +533,7 @@ def main(argv: list[str] | None = None) -> int:
         description="EmoStream subscriber manager: clusters x subscriber nodes and a cluster publisher each, "
         "restarted when they die, scaled with the load"
     ).parse_args(argv)
-    settings = Settings.from_env()
+    settings = Settings.from_env().for_kafka_service("manager")
     logs.configure(settings)
     serve(settings)
     return 0

@@ -378,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     require_gevent_patch("emostream.fanout.node")
 
-    settings = Settings.from_env()
+    settings = Settings.from_env().for_kafka_service("node")
     logs.configure(settings)
     serve(settings, args.subscriber_id or f"c{args.cluster}-s0", args.cluster, args.port)
     return 0

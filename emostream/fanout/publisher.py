@@ -26,6 +26,7 @@ from emostream import kafka
 from emostream.fanout.membership import Membership, MembershipWatcher
 from emostream.fanout.socketio_kafka import NAMESPACE, KafkaClientManager
 from emostream.http import STARTING, Health
+from emostream.kafka.topic_specs import cluster_publisher_group, main_publisher_group
 from emostream.settings import Settings
 from emostream.wire import EMOJI_UPDATE, InvalidMessage, aggregate_key, now_ms, validate_aggregate
 
@@ -44,11 +45,11 @@ LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
 def main_group_id(settings: Settings) -> str:
-    return f"emostream-main-publisher.{settings.aggregate_topic}"
+    return main_publisher_group(settings)
 
 
 def cluster_group_id(settings: Settings, cluster: int) -> str:
-    return f"emostream-cluster-publisher.{kafka.cluster_topic(settings, cluster)}"
+    return cluster_publisher_group(settings, cluster)
 
 
 class RoutingTable:
@@ -339,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--metrics-port", type=int, default=None, help="port of /healthz and /metrics (0 = any)")
     args = parser.parse_args(argv)
 
-    settings = Settings.from_env()
+    settings = Settings.from_env().for_kafka_service("publisher" if args.cluster is None else "cluster-publisher")
     logs.configure(settings)
     serve(settings, args.cluster, args.metrics_port)
     return 0

@@ -301,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.parse_args(argv)
     require_gevent_patch("emostream.fanout.registration")
 
-    settings = Settings.from_env()
+    settings = Settings.from_env().for_kafka_service("registration")
     logs.configure(settings)
     serve(settings)
     return 0

@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.dev and args.reuse_port:
         parser.error("--reuse-port needs gunicorn: leave out --dev")
-    settings = Settings.from_env()
+    settings = Settings.from_env().for_kafka_service("ingest")
     logs.configure(settings)
     if args.dev:
         serve_dev(settings)

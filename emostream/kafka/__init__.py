@@ -26,11 +26,13 @@ from emostream.kafka.clients import (
 )
 from emostream.kafka.codecs import JsonValues, TextKeys
 from emostream.kafka.errors import (
+    AuthenticationFailed,
     CommitFailed,
     DeliveryError,
     KafkaError,
     KafkaTimeout,
     KafkaUnavailable,
+    NotAuthorized,
     QueueFull,
     TopicNotFound,
     retriable,
@@ -39,6 +41,7 @@ from emostream.kafka.errors import (
 from emostream.kafka.topic_specs import TopicSpec, channel_topic, cluster_topic, ensure_topics, topics
 
 __all__ = [
+    "AuthenticationFailed",
     "BulkProducer",
     "CommitFailed",
     "DeliveryError",
@@ -47,6 +50,7 @@ __all__ = [
     "KafkaError",
     "KafkaTimeout",
     "KafkaUnavailable",
+    "NotAuthorized",
     "Partition",
     "QueueFull",
     "TextKeys",

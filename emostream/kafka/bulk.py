@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from emostream.kafka.errors import DeliveryError, KafkaTimeout, QueueFull, from_librdkafka
+from emostream.kafka.security import librdkafka_options
 from emostream.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,7 @@ class BulkProducer:
             "log.connection.close": False,
             "logger": logging.getLogger("emostream.kafka.librdkafka"),
             "error_cb": _log_client_error,
+            **librdkafka_options(settings),
         }
         config.update(overrides)
         self._producer = Producer(config)

@@ -18,6 +18,7 @@ from kafka.errors import KafkaError as KafkaPythonError
 
 from emostream.kafka.codecs import JsonValues, TextKeys
 from emostream.kafka.errors import CommitFailed, KafkaUnavailable, TopicNotFound, translate_errors
+from emostream.kafka.security import kafka_python_options
 from emostream.settings import Settings
 
 # Partition: one partition of one topic, as the consumer names it. Callers pass these back to
@@ -45,6 +46,7 @@ def producer(settings: Settings, **overrides: Any) -> KafkaProducer:
         allow_auto_create_topics=False,
         key_serializer=TextKeys(),
         value_serializer=JsonValues(),
+        **kafka_python_options(settings),
     )
     config.update(overrides)
     return KafkaProducer(**config)
@@ -61,6 +63,7 @@ def consumer(settings: Settings, *topic_names: str, group_id: str | None = None,
         value_deserializer=JsonValues(),
         key_deserializer=TextKeys(),
         reconnect_backoff_max_ms=2_000,
+        **kafka_python_options(settings),
     )
     config.update(overrides)
     return KafkaConsumer(*topic_names, **config)
@@ -71,6 +74,7 @@ def admin(settings: Settings, **overrides: Any) -> KafkaAdminClient:
         bootstrap_servers=settings.kafka_bootstrap.split(","),
         client_id="emostream-admin",
         request_timeout_ms=30_000,
+        **kafka_python_options(settings),
     )
     config.update(overrides)
     return KafkaAdminClient(**config)

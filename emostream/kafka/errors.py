@@ -50,6 +50,14 @@ class TopicNotFound(KafkaError):
     retriable = True
 
 
+class NotAuthorized(KafkaError):
+    """The cluster's ACLs do not allow this client's user the operation (a topic, a group, the cluster)."""
+
+
+class AuthenticationFailed(KafkaError):
+    """The cluster refused this client's credentials (wrong user or password, or none)."""
+
+
 class CommitFailed(KafkaError):
     """A rebalance took the partitions before the offsets were committed; their next owner re-reads them."""
 
@@ -97,6 +105,10 @@ def _from_kafka_python(error: kafka_python.KafkaError) -> KafkaError:
         return KafkaUnavailable(message)
     if isinstance(error, kafka_python.UnknownTopicOrPartitionError):
         return TopicNotFound(message)
+    if isinstance(error, kafka_python.AuthorizationError):
+        return NotAuthorized(message)
+    if isinstance(error, kafka_python.SaslAuthenticationFailedError):
+        return AuthenticationFailed(message)
     return KafkaError(message, retriable=bool(getattr(error, "retriable", False)))
 
 
@@ -114,6 +126,12 @@ def from_librdkafka(error: object, kind: type[KafkaError] | None = None) -> Kafk
             Librdkafka._UNKNOWN_TOPIC: TopicNotFound,
             Librdkafka.UNKNOWN_TOPIC_OR_PART: TopicNotFound,
             Librdkafka._QUEUE_FULL: QueueFull,
+            Librdkafka.TOPIC_AUTHORIZATION_FAILED: NotAuthorized,
+            Librdkafka.GROUP_AUTHORIZATION_FAILED: NotAuthorized,
+            Librdkafka.CLUSTER_AUTHORIZATION_FAILED: NotAuthorized,
+            Librdkafka.TRANSACTIONAL_ID_AUTHORIZATION_FAILED: NotAuthorized,
+            Librdkafka.SASL_AUTHENTICATION_FAILED: AuthenticationFailed,
+            Librdkafka._AUTHENTICATION: AuthenticationFailed,
         }.get(code, KafkaError)
     retriable = kind.retriable or bool(error.retriable())  # type: ignore[attr-defined]
     return kind(error.str(), retriable=retriable, fatal=bool(error.fatal()))  # type: ignore[attr-defined]

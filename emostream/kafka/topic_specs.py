@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError as KafkaPythonError
-from kafka.errors import TopicAlreadyExistsError
+from kafka.errors import TopicAlreadyExistsError, TopicAuthorizationFailedError
 
 from emostream.kafka.clients import wait_for_admin
 from emostream.kafka.errors import KafkaTimeout
@@ -60,6 +60,20 @@ def topics(settings: Settings) -> list[TopicSpec]:
     ]
 
 
+# Consumer groups: Spark's source and batch reads take group ids under the processor's prefix
+# (the jobs set it), each cluster publisher its own id under the other.
+PROCESSOR_GROUP_PREFIX = "emostream-processor"
+CLUSTER_PUBLISHER_GROUP_PREFIX = "emostream-cluster-publisher."
+
+
+def main_publisher_group(settings: Settings) -> str:
+    return f"emostream-main-publisher.{settings.aggregate_topic}"
+
+
+def cluster_publisher_group(settings: Settings, cluster: int) -> str:
+    return f"{CLUSTER_PUBLISHER_GROUP_PREFIX}{cluster_topic(settings, cluster)}"
+
+
 def cluster_topic(settings: Settings, cluster: int) -> str:
     """The topic the main publisher routes ``cluster``'s aggregates to."""
     return f"{settings.cluster_topic_prefix}{cluster}"
@@ -71,12 +85,17 @@ def channel_topic(settings: Settings, cluster: int) -> str:
 
 
 def ensure_topics(settings: Settings, specs: Iterable[TopicSpec] | None = None, timeout: float = 60.0) -> list[str]:
-    """Create the topics that do not exist yet and wait until they have leaders; return the names created."""
+    """Create the topics that do not exist yet and wait until they have leaders; return the names created.
+
+    On a secured cluster only the admin may create topics, and a service sees only the topics
+    its ACLs name: a topic it may not create is left to the admin (``bin/kafka-create-topics``).
+    """
     specs = list(topics(settings) if specs is None else specs)
     client = wait_for_admin(settings, timeout)
     try:
         existing = set(client.list_topics())
         created = []
+        not_ours = []
         for spec in specs:
             if spec.name in existing:
                 continue
@@ -91,7 +110,11 @@ def ensure_topics(settings: Settings, specs: Iterable[TopicSpec] | None = None, 
                 created.append(spec.name)
             except TopicAlreadyExistsError:
                 pass  # another service created it first
-        _wait_for_leaders(client, [spec.name for spec in specs], timeout)
+            except TopicAuthorizationFailedError:
+                not_ours.append(spec.name)
+        if not_ours:
+            log.debug("not allowed to create or see %s: topics of the admin", ", ".join(not_ours))
+        _wait_for_leaders(client, [spec.name for spec in specs if spec.name not in not_ours], timeout)
         return created
     finally:
         client.close()

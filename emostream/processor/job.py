@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 
 from pyspark.sql import functions as F
 
+from emostream.kafka.security import spark_kafka_options
+from emostream.kafka.topic_specs import PROCESSOR_GROUP_PREFIX
 from emostream.processor import ACCEPTED, COUNTS_OBSERVATION, QUERY_NAME
 from emostream.processor.transforms import (
     REASONS,
@@ -41,6 +43,9 @@ def start_query(spark: SparkSession, settings: Settings) -> StreamingQuery:
     records = (
         spark.readStream.format("kafka")
         .option("kafka.bootstrap.servers", settings.kafka_bootstrap)
+        .options(**spark_kafka_options(settings))
+        # Group ids under the prefix the processor's ACL names (a secured cluster allows no other).
+        .option("groupIdPrefix", PROCESSOR_GROUP_PREFIX)
         .option("subscribe", settings.emoji_topic)
         # A first start counts everything ingest accepted; later starts resume from the checkpoint.
         .option("startingOffsets", "earliest")
@@ -77,6 +82,7 @@ def start_query(spark: SparkSession, settings: Settings) -> StreamingQuery:
         .writeStream.queryName(QUERY_NAME)
         .format("kafka")
         .option("kafka.bootstrap.servers", settings.kafka_bootstrap)
+        .options(**spark_kafka_options(settings))
         .option("topic", settings.aggregate_topic)
         .option("checkpointLocation", checkpoint(settings, "aggregates"))
         .outputMode("update")
@@ -104,6 +110,8 @@ def write_dead_letters(spark: SparkSession, settings: Settings, start: Offsets |
     records = (
         spark.read.format("kafka")
         .option("kafka.bootstrap.servers", settings.kafka_bootstrap)
+        .options(**spark_kafka_options(settings))
+        .option("groupIdPrefix", PROCESSOR_GROUP_PREFIX)
         .option("assign", json.dumps(partitions))
         .option("startingOffsets", json.dumps(first))
         .option("endingOffsets", json.dumps(end))
@@ -118,6 +126,7 @@ def write_dead_letters(spark: SparkSession, settings: Settings, start: Offsets |
             (
                 letters.write.format("kafka")
                 .option("kafka.bootstrap.servers", settings.kafka_bootstrap)
+                .options(**spark_kafka_options(settings))
                 .option("topic", settings.dead_letter_topic)
                 .save()
             )

@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
         epilog="Settings come from EMOSTREAM_* variables (the README lists them); EMOSTREAM_SPARK_MASTER names a cluster.",
     )
     parser.parse_args(argv)
-    settings = Settings.from_env()
+    settings = Settings.from_env().for_kafka_service("processor")
     logs.configure(settings)
 
     stop = threading.Event()
