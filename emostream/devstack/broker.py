@@ -273,6 +273,13 @@ def main(argv: list[str] | None = None) -> int:
                 return 0
             started = node.start()
             log.info("Kafka %s on %s", "started" if started else "is already running", node.bootstrap)
+            if node.secured:
+                security = node.security()
+                log.info(
+                    "SASL_SSL: clients trust %s; each service's SCRAM user and password are in %s",
+                    security.ca_file,
+                    security.credentials_file,
+                )
         elif args.command == "stop":
             if not node.stop():
                 log.info("Kafka is not running")

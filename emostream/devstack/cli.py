@@ -75,6 +75,8 @@ def _create_topics(settings: Settings) -> None:
     from emostream import kafka
 
     logging.getLogger("kafka").setLevel(logging.WARNING)
+    # These clusters listen in plaintext (only the single local broker can be secured).
+    settings = settings.replace(kafka_security_protocol="PLAINTEXT")
     created = kafka.ensure_topics(settings)
     log.info(
         "topics on %s: %d created, %d already there (replication factor %d, min.insync.replicas %d)",

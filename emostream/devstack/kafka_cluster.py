@@ -113,6 +113,7 @@ class KafkaCluster:
         """``settings`` pointed at this cluster, with its replication."""
         return settings.replace(
             kafka_bootstrap=self.bootstrap,
+            kafka_security_protocol="PLAINTEXT",
             replication_factor=self.replication_factor,
             min_insync_replicas=self.min_insync_replicas,
         )
@@ -120,6 +121,7 @@ class KafkaCluster:
     def env(self) -> dict[str, str]:
         return {
             "EMOSTREAM_KAFKA_BOOTSTRAP": self.bootstrap,
+            "EMOSTREAM_KAFKA_SECURITY_PROTOCOL": "PLAINTEXT",
             "EMOSTREAM_REPLICATION_FACTOR": str(self.replication_factor),
             "EMOSTREAM_MIN_INSYNC_REPLICAS": str(self.min_insync_replicas),
         }

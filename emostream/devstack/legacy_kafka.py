@@ -157,6 +157,7 @@ class LegacyKafka:
     def env(self) -> dict[str, str]:
         return {
             "EMOSTREAM_KAFKA_BOOTSTRAP": self.bootstrap,
+            "EMOSTREAM_KAFKA_SECURITY_PROTOCOL": "PLAINTEXT",
             "EMOSTREAM_REPLICATION_FACTOR": "1",
             "EMOSTREAM_MIN_INSYNC_REPLICAS": "1",
         }
