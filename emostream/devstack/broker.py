@@ -256,6 +256,14 @@ def local_node(settings: Settings) -> BrokerNode:
     )
 
 
+def _other_broker_hint(settings: Settings) -> str:
+    """A note when the local broker of the other security protocol runs (each has its own folder)."""
+    other = settings.replace(kafka_security_protocol="PLAINTEXT" if settings.kafka_secured else "SASL_SSL")
+    if not local_node(other).is_running():
+        return ""
+    return f" (the {other.kafka_security_protocol} one does: stop it with EMOSTREAM_KAFKA_SECURITY_PROTOCOL={other.kafka_security_protocol})"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m emostream.devstack.broker", description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=["start", "stop", "status"])
@@ -282,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
         elif args.command == "stop":
             if not node.stop():
-                log.info("Kafka is not running")
+                log.info("Kafka is not running%s", _other_broker_hint(settings))
         else:
             pid = node.pid()
             log.info(f"Kafka running, pid {pid}, {node.bootstrap}" if pid else "Kafka is not running")

@@ -59,7 +59,6 @@ def prepare(home: Path, host: str = "127.0.0.1") -> BrokerSecurity:
     """The CA, the broker's certificate for ``host`` and every service's credentials, made when missing."""
     security = BrokerSecurity(home)
     (home / "tls").mkdir(parents=True, exist_ok=True)
-    os.chmod(home / "tls", 0o700)
     if not security.ca_file.exists() or not security.keystore.exists():
         _make_certificates(home / "tls", host)
     users = _credentials(security.credentials_file)
@@ -122,7 +121,7 @@ def _make_certificates(tls: Path, host: str) -> None:
         (tls / "broker.key").read_text() + (tls / "broker.crt").read_text() + (tls / "ca.pem").read_text(),
     )
     os.chmod(tls / "ca.pem", 0o644)  # the certificate is public; clients of other users may read it
-    for leftover in ("broker.key", "broker.csr", "broker.ext"):
+    for leftover in ("broker.key", "broker.csr", "broker.ext", "broker.crt"):
         (tls / leftover).unlink()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 
@@ -40,3 +41,11 @@ def test_services_reconnect_with_their_credentials_after_the_secured_broker_rest
     assert secured_kafka.node.pid() not in (None, before)  # the broker really went away and came back
     report = asyncio.run(Crowd(crowd_plan(secured_stack, duration=10.0, seed=13, drain=120.0)).run())
     assert_exact(report, secured_stack)
+
+
+def test_no_service_logs_a_kafka_password(secured_stack, secured_kafka):
+    passwords = [entry["password"] for entry in json.loads(secured_kafka.credentials_file.read_text()).values()]
+    logs = secured_stack.logs(tail=1_000_000) + secured_kafka.node.log_file.read_text(errors="replace")
+
+    assert "subscriber" in logs and "Kafka Server started" in logs  # the logs are there to search
+    assert not [password for password in passwords if password in logs]
