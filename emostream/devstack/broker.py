@@ -79,6 +79,7 @@ class BrokerNode(JvmProcess):
     cluster_id: str | None = None
     default_replication: int = 1
     min_insync: int = 1
+    extra_properties: tuple[str, ...] = ()  # ``name=value`` lines after the defaults (a cluster's failover timing)
 
     @property
     def name(self) -> str:
@@ -142,6 +143,7 @@ class BrokerNode(JvmProcess):
                 "log.segment.bytes=268435456",
                 "num.network.threads=2",
                 "num.io.threads=4",
+                *self.extra_properties,
                 "",
             ]
         )

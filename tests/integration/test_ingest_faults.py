@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
 import uuid
 from collections import Counter
@@ -17,7 +16,7 @@ from emostream.devstack.broker import BrokerNode
 from emostream.ingest.journal import read_segment
 from emostream.settings import ROOT, Settings
 from emostream.wire import now_ms
-from tests.harness.ingest import create_emoji_topic, records_of, start_ingest
+from tests.harness.ingest import Poster, create_emoji_topic, records_of, start_ingest
 from tests.harness.settings import unique_topics
 from tests.harness.support import free_port
 
@@ -54,47 +53,6 @@ def fault_settings(base_settings: Settings, node: BrokerNode, tmp_path: Path) ->
     )
     create_emoji_topic(settings)
     return settings
-
-
-class Poster(threading.Thread):
-    """Posts one emoji at a time, each from a user of its own, and keeps every answer."""
-
-    def __init__(self, port: int, tag: str):
-        super().__init__(daemon=True)
-        self.url = f"http://127.0.0.1:{port}/emoji"
-        self.tag = tag
-        self.answers: list[tuple[str, int | str, str | None]] = []  # (user_id, status or error, Retry-After)
-        self.stopping = threading.Event()
-
-    def run(self) -> None:
-        session = requests.Session()
-        n = 0
-        while not self.stopping.is_set() and n < 20_000:
-            user_id = f"{self.tag}-{n}"
-            n += 1
-            try:
-                response = session.post(
-                    self.url,
-                    json={"user_id": user_id, "emoji_type": "🔥", "timestamp": now_ms()},
-                    timeout=(5, 10),
-                )
-                self.answers.append((user_id, response.status_code, response.headers.get("Retry-After")))
-            except requests.RequestException as error:
-                self.answers.append((user_id, type(error).__name__, None))
-            time.sleep(0.01)
-
-    def statuses(self) -> list[int | str]:
-        return [status for _, status, _ in self.answers]
-
-    def wait_for(self, status: int, timeout: float) -> bool:
-        """Wait until an answer with ``status`` arrives after the answers seen so far."""
-        seen = len(self.answers)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if status in self.statuses()[seen:]:
-                return True
-            time.sleep(0.05)
-        return False
 
 
 def test_broker_restart_turns_requests_to_503_without_hanging_and_every_accepted_emoji_arrives_once(
