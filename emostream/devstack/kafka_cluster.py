@@ -23,12 +23,11 @@ KAFKA_CLUSTER_BASE_PORT = 9192  # node n listens on base + 100 (n - 1), its cont
 
 # How fast the cluster gives up on a node that died without a controlled shutdown. Until the
 # controller fences it, the partitions it led have no leader and every partition it followed
-# waits for it in the in-sync set (acks=all), so writes stall everywhere: Kafka's default
-# session of 9 s is a 9 s outage for the crowd, longer than ingest holds emoji before it must
-# refuse them (ingest_max_lag_ms, below the processor's watermark). Heartbeats every 500 ms
-# and a 3 s session fence a dead node within about 3 s, yet leave a live one, on a loaded
-# machine, six missed heartbeats before it is fenced; a fenced node that is alive simply
-# registers again. The quorum's own timeouts bound the time to replace a dead active controller.
+# waits for it in the in-sync set (acks=all), so writes stall everywhere; Kafka's default session
+# outlasts both the processor's watermark and what ingest holds before it refuses emoji. Frequent
+# heartbeats and a short session fence a dead node quickly while a live one on a loaded machine
+# can still miss several heartbeats; a live node fenced by mistake registers again. The quorum's
+# timeouts bound the time to replace a dead active controller (docs/deployment.md).
 FAILOVER_PROPERTIES = (
     "broker.heartbeat.interval.ms=500",
     "broker.session.timeout.ms=3000",
