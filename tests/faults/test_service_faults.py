@@ -242,6 +242,7 @@ def test_an_ingest_instance_stopped_mid_load_loses_nothing_it_acknowledged(fault
     assert outcome["victim_connections"] > 0, outcome
     assert outcome["victim_gone"], outcome
     assert_every_acknowledged_emoji_counted_once(books, stack.logs())
+    assert books["viewer_windows_missing"] == 0, books["mismatches"]
     assert_the_crowd_noticed_at_most_a_pause(figures, REFUSALS_BOUND_SECONDS)
 
 
@@ -285,6 +286,7 @@ def test_an_ingest_instance_killed_mid_load_loses_nothing_it_acknowledged(fault_
     assert outcome["victim_journal_held_emoji"], outcome
     assert outcome["victim_gone"], outcome
     assert_every_acknowledged_emoji_counted_once(books, stack.logs())
+    assert books["viewer_windows_missing"] == 0, books["mismatches"]
     # Requests cut off with the instance are tried again on the other one: a moment, nothing given up.
     assert_the_crowd_noticed_at_most_a_pause(figures, REFUSALS_BOUND_SECONDS)
     # ...and that is because a surviving worker sent what the dead one had accepted.
