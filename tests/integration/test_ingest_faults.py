@@ -67,12 +67,14 @@ def test_broker_restart_turns_requests_to_503_without_hanging_and_every_accepted
         assert poster.wait_for(202, timeout=10)
         time.sleep(1)
 
+        stopped_at = time.monotonic()
         node.stop()
         turned_503 = poster.wait_for(503, timeout=UNAVAILABLE_SECONDS + 20)
-        time.sleep(1)  # a while of refusals
+        poster.wait_for(503, timeout=10)  # a while of refusals
         node.start()
+        started_at = time.monotonic()
         recovered = poster.wait_for(202, timeout=60)
-        time.sleep(1)
+        poster.wait_for(202, timeout=10)
     finally:
         poster.stopping.set()
         poster.join(30)
@@ -80,7 +82,15 @@ def test_broker_restart_turns_requests_to_503_without_hanging_and_every_accepted
 
     log = service.log_path.read_text()
     statuses = Counter(poster.statuses())
+    refused_at = [at for (_, status, _), at in zip(poster.answers, poster.answered_at, strict=True) if status == 503]
+    print(
+        f"\nFAULT ingest, its only broker stopped and started: {dict(statuses)}; refused from "
+        f"{min(refused_at, default=stopped_at) - stopped_at:.1f} s after the stop to "
+        f"{max(refused_at, default=started_at) - started_at:.1f} s after the start"
+    )
     assert turned_503, f"no 503 while the broker was down: {statuses}"
+    # Refused only from the outage on (after the grace of kafka_unavailable_seconds), and not long after it ended.
+    assert all(stopped_at + UNAVAILABLE_SECONDS - 0.5 <= at <= started_at + 30 for at in refused_at), refused_at
     assert recovered, f"no 202 after the broker came back: {statuses}\n{log}"
     assert set(statuses) == {202, 503}, statuses  # every request answered: none timed out
     assert all(retry_after and int(retry_after) >= 1 for _, status, retry_after in poster.answers if status == 503)
