@@ -1,5 +1,5 @@
 # EmoStream: the two commands are `make run` and `make test`.
-.PHONY: setup run test test-all test-quick lint format kafka-start kafka-stop topics clean
+.PHONY: setup run test test-quick lint format kafka-start kafka-stop topics clean
 
 setup:           ## venv, Python packages, Maven jars, npm packages
 	bin/setup
@@ -7,11 +7,8 @@ setup:           ## venv, Python packages, Maven jars, npm packages
 run:             ## the whole stack on this machine; Ctrl-C stops it all
 	bin/run
 
-test:            ## the suite CI runs (starts its own broker and Spark)
+test:            ## the suite CI runs, every fault test included (starts its own broker and Spark)
 	bin/test
-
-test-all:        ## everything, the long fault runs too
-	bin/test -m ""
 
 test-quick:      ## unit tests only: no broker, no Spark (the spark-marked ones are left out), no browser
 	bin/setup && .venv/bin/python -m pytest tests/unit -m "not spark"

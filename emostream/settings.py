@@ -126,7 +126,8 @@ class Settings:
         False,
     )
     ingest_max_lag_ms: int = _doc(
-        "Wait of the oldest unsent emoji past its flush above which ingest answers 503 (keep it below the watermark).",
+        "Wait of the oldest emoji not yet handed to Kafka past its flush above which ingest answers 503 "
+        "(keep it below the watermark).",
         1500,
     )
     batch_max_events: int = _doc("Largest array POST /emojis accepts.", 1000)
@@ -134,7 +135,9 @@ class Settings:
     rate_limit_per_user: float = _doc("Emoji per second one user_id may send (sustained).", 50.0)
     rate_burst_per_user: int = _doc("Emoji one user_id may send in a burst.", 200)
     timestamp_skew_seconds: int = _doc("How far a client timestamp may be from server time.", 300)
-    kafka_unavailable_seconds: float = _doc("How long the broker may be unreachable before ingest answers 503.", 5.0)
+    kafka_unavailable_seconds: float = _doc(
+        "How long Kafka may be unreachable, or leave an accepted emoji unacknowledged, before ingest answers 503.", 5.0
+    )
     cors_origins: tuple[str, ...] = _doc(
         "Comma-separated origins allowed to call the APIs from a browser.",
         ("http://127.0.0.1:5001", "http://localhost:5001"),

@@ -83,6 +83,7 @@ class BrokerNode(JvmProcess):
     min_insync: int = 1
     # A SASL_SSL client listener, TLS files and SCRAM users under ``home`` (made on the first start).
     secured: bool = False
+    extra_properties: tuple[str, ...] = ()  # ``name=value`` lines after the defaults (a cluster's failover timing)
 
     @property
     def name(self) -> str:
@@ -159,6 +160,7 @@ class BrokerNode(JvmProcess):
                 "log.segment.bytes=268435456",
                 "num.network.threads=2",
                 "num.io.threads=4",
+                *self.extra_properties,
                 "",
             ]
         )

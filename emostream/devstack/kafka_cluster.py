@@ -21,6 +21,20 @@ from emostream.settings import ROOT, Settings
 # Default ports of the command line; the tests pass free ports instead.
 KAFKA_CLUSTER_BASE_PORT = 9192  # node n listens on base + 100 (n - 1), its controller one above
 
+# How fast the cluster gives up on a node that died without a controlled shutdown. Until the
+# controller fences it, the partitions it led have no leader and every partition it followed
+# waits for it in the in-sync set (acks=all), so writes stall everywhere; Kafka's default session
+# outlasts both the processor's watermark and what ingest holds before it refuses emoji. Frequent
+# heartbeats and a short session fence a dead node quickly while a live one on a loaded machine
+# can still miss several heartbeats; a live node fenced by mistake registers again. The quorum's
+# timeouts bound the time to replace a dead active controller (docs/deployment.md).
+FAILOVER_PROPERTIES = (
+    "broker.heartbeat.interval.ms=500",
+    "broker.session.timeout.ms=3000",
+    "controller.quorum.fetch.timeout.ms=1500",
+    "controller.quorum.election.timeout.ms=500",
+)
+
 
 @dataclass(frozen=True)
 class KafkaCluster:
@@ -94,6 +108,7 @@ class KafkaCluster:
             cluster_id=self.cluster_id,
             default_replication=self.replication_factor,
             min_insync=self.min_insync_replicas,
+            extra_properties=FAILOVER_PROPERTIES,
         )
 
     @property

@@ -296,6 +296,11 @@ class SubscriberManager:
         self.m_scale_downs = Counter(
             "emostream_manager_scale_downs", "Idle extra nodes retired.", ["cluster"], registry=self.registry
         )
+        self.m_reconciles = Counter(
+            "emostream_manager_reconciles",
+            "Reconcile steps done (each decides on scaling and restarts).",
+            registry=self.registry,
+        )
         self.m_restarts = Counter(
             "emostream_manager_restarts",
             "Nodes and publishers restarted after they died.",
@@ -476,6 +481,7 @@ class SubscriberManager:
             while not self._stop.is_set():
                 try:
                     self.reconcile()
+                    self.m_reconciles.inc()
                 except Exception:  # one bad step must not leave the topology unmanaged
                     log.exception("reconcile failed")
                 self._stop.wait(interval)

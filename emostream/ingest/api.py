@@ -115,7 +115,7 @@ class Ingest:
                 where = f"event {index}: " if many else ""
                 raise Rejected(400, "invalid_event", f"{where}{error}") from None
 
-        down_for = self.batcher.unavailable_for()
+        down_for = self.batcher.stalled_for()
         if down_for >= settings.kafka_unavailable_seconds:
             raise Rejected(
                 503,
@@ -158,7 +158,7 @@ class Ingest:
         return len(records), received_at
 
     def health(self) -> Health:
-        down_for = self.batcher.unavailable_for()
+        down_for = self.batcher.stalled_for()
         kafka_ok = down_for < self.settings.kafka_unavailable_seconds
         return Health.of(
             kafka_ok,

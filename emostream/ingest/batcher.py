@@ -4,8 +4,9 @@ Request threads only append to a list under a lock (:meth:`EmojiBatcher.offer`);
 ``flush_interval_ms``, or sooner when ``flush_max_events`` wait, one flusher thread hands the
 buffered records to the durable producer. No request thread ever calls Kafka, so a slow or
 absent broker costs requests nothing but a 503 once the buffer is full, Kafka has been
-unreachable for ``kafka_unavailable_seconds``, or the oldest buffered emoji is
-``ingest_max_lag_ms`` late (see :meth:`EmojiBatcher.lag`).
+unreachable (or left an accepted emoji unacknowledged) for ``kafka_unavailable_seconds``
+(:meth:`EmojiBatcher.stalled_for`), or the oldest emoji not yet handed to Kafka is
+``ingest_max_lag_ms`` late (:meth:`EmojiBatcher.lag`).
 
 Delivery rules, which give "nothing accepted is lost, none twice":
 
@@ -147,6 +148,7 @@ class EmojiBatcher:
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._pending: list[Record] = []  # accepted, not yet handed to the producer (request threads append)
+        self._pending_since: float | None = None  # when the oldest of them arrived
         self._held = 0  # every emoji not yet acknowledged: what counts against the capacity
         # [arrival time, emoji] per accepted request, oldest first; acknowledgements consume it in
         # order (Kafka acknowledges roughly first in, first out), so its head dates the oldest emoji.
@@ -192,6 +194,8 @@ class EmojiBatcher:
                     metrics.JOURNAL_ERRORS.inc()
                     log.error("cannot write %d emoji to the journal: %s", len(records), error)
                     return Offer.NOT_WRITTEN
+            if not self._pending:
+                self._pending_since = self._clock()
             self._pending.extend(records)
             self._held += len(records)
             self._arrivals.append([self._clock(), len(records)])
@@ -209,16 +213,33 @@ class EmojiBatcher:
             since = probe_since
         return 0.0 if since is None else max(0.0, now - since)
 
-    def lag(self) -> float:
-        """How long the oldest held emoji has waited beyond its flush interval (0 when on time).
+    def stalled_for(self) -> float:
+        """Seconds Kafka has kept ingest waiting: unreachable, or the oldest held emoji unacknowledged past its flush.
 
-        The processor counts emoji by ``received_at`` and drops those later than its watermark,
-        so a buffer that falls behind must refuse emoji rather than deliver them too late.
+        The second part catches a cluster that answers but leaves some emoji waiting (a partition
+        without a leader); a leader moving to another broker is shorter than the rule's bound.
         """
         with self._lock:
-            if not self._arrivals:
+            oldest = self._arrivals[0][0] if self._arrivals else None
+        waited = 0.0 if oldest is None else max(0.0, self._clock() - oldest - self.interval)
+        return max(self.unavailable_for(), waited)
+
+    def lag(self) -> float:
+        """How long the oldest emoji not yet handed to Kafka has waited beyond its flush interval (0 when on time).
+
+        The processor counts emoji by ``received_at`` and drops those later than its watermark,
+        so a buffer that falls behind in sending must refuse emoji rather than deliver them too
+        late. Emoji the producer holds while a partition's leader moves are not behind: they are
+        in the journal, and go out the moment the new leader is known (:meth:`stalled_for`
+        bounds that wait).
+        """
+        with self._lock:
+            if self._retry and self._arrivals:
+                oldest = self._arrivals[0][0]  # refused or failed sends wait: the oldest held may be one
+            elif self._pending_since is not None:
+                oldest = self._pending_since
+            else:
                 return 0.0
-            oldest = self._arrivals[0][0]
         return max(0.0, self._clock() - oldest - self.interval)
 
     @property
@@ -304,6 +325,7 @@ class EmojiBatcher:
         spare = self.journal.make_spare() if self.write_ahead and not self._closing else None
         with self._lock:
             pending, self._pending = self._pending, []
+            self._pending_since = None
             segment = self.journal.rotate(len(pending)) if self.write_ahead else None
             self.journal.offer_spare(spare)
         return [(key, value, segment) for key, value in pending]

@@ -28,10 +28,13 @@ from tests.harness.fault_stack import FaultStack
 from tests.harness.faults import (
     TracedCrowd,
     assert_every_acknowledged_emoji_counted_once,
+    assert_the_crowd_noticed_at_most_a_pause,
     audit,
     kill_group,
     listening_children,
     plan_for,
+    process_gone,
+    refusals_around,
     run_with_fault,
     summary,
 )
@@ -41,6 +44,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
 # Generous bounds that only prove "without a human"; the measured times are reported.
 RECOVERY_BOUND_SECONDS = 30.0
+# The longest after a fault that the crowd may still be refused (an ingest instance's clients moving).
+REFUSALS_BOUND_SECONDS = 10.0
 
 
 def crowd_for(stack: FaultStack, **changes) -> TracedCrowd:
@@ -52,8 +57,10 @@ def test_registration_restarted_existing_viewers_are_not_disturbed_and_counts_st
     crowd = crowd_for(stack, duration=18.0)
 
     async def restart_registration() -> dict:
+        old = stack.processes["registration_app.py"].process
         restarted_at = time.time()
         await asyncio.to_thread(stack.restart, "registration_app.py", signal.SIGKILL)
+        killed = old.poll() == -signal.SIGKILL
         await asyncio.to_thread(
             wait_http, stack.registration_url + "/healthz", 60, stack.processes["registration_app.py"].process
         )
@@ -63,7 +70,13 @@ def test_registration_restarted_existing_viewers_are_not_disturbed_and_counts_st
         await newcomer.start(timeout=30)
         await newcomer.wait_for(lambda viewer: viewer.received > viewer.replayed, timeout=30)
         await newcomer.close()
-        return {"restarted_at": restarted_at, "healthy_after_s": round(healthy_after, 2)}
+        return {
+            "restarted_at": restarted_at,
+            "healthy_after_s": round(healthy_after, 2),
+            "old_pid_killed": killed,
+            "new_pid_answered": stack.processes["registration_app.py"].process.pid != old.pid,
+            "newcomer_served": newcomer.registrations == 1,
+        }
 
     report, outcome = asyncio.run(run_with_fault(crowd, restart_registration, after=5.0))
     books = audit(stack.settings, crowd)
@@ -72,15 +85,21 @@ def test_registration_restarted_existing_viewers_are_not_disturbed_and_counts_st
         sum(1 for arrival in crowd.arrivals[viewer.client_id] if arrival > outcome["restarted_at"] + 1)
         for viewer in viewers
     ]
-    summary(
+    figures = summary(
         "registration restarted (SIGKILL)",
         report,
         books,
         **outcome,
+        **refusals_around(crowd, outcome["restarted_at"]),
         viewers_disturbed=sum(1 for viewer in viewers if viewer.registrations != 1 or viewer.reconnects != 0),
     )
 
+    # The fault happened: the old process died of the SIGKILL, a new one served a newcomer.
+    assert outcome["old_pid_killed"] and outcome["new_pid_answered"] and outcome["newcomer_served"], outcome
+    assert outcome["healthy_after_s"] <= RECOVERY_BOUND_SECONDS, outcome
     assert_every_acknowledged_emoji_counted_once(books, stack.logs())
+    # Registration is not on the emoji path: the crowd is never refused.
+    assert figures["gave_up"] == 0 and figures["refused_attempts"] == {}, figures
     assert [(v.registrations, v.reconnects, len(v.subscribers_seen)) for v in viewers] == [(1, 0, 1)] * len(viewers)
     assert min(received_after) > 0, "a viewer stopped receiving after the restart"
     assert books["viewer_windows_missing"] == 0
@@ -99,6 +118,7 @@ def test_a_killed_subscriber_nodes_viewers_are_back_on_other_nodes_and_miss_no_w
         displaced = [viewer for viewer in crowd.viewers if viewer.subscriber == victim]
         killed_at = time.time()
         os.kill(record["pid"], signal.SIGKILL)
+        gone = await asyncio.to_thread(process_gone, record["pid"], RECOVERY_BOUND_SECONDS)
         back: dict[str, float] = {}
         updated: dict[str, float] = {}
         deadline = time.monotonic() + RECOVERY_BOUND_SECONDS
@@ -114,6 +134,8 @@ def test_a_killed_subscriber_nodes_viewers_are_back_on_other_nodes_and_miss_no_w
             await asyncio.sleep(0.05)
         return {
             "victim": victim,
+            "killed_at": killed_at,
+            "victim_pid_gone": gone,
             "displaced": [viewer.client_id for viewer in displaced],
             "back_s": back,
             "updated_s": updated,
@@ -125,11 +147,13 @@ def test_a_killed_subscriber_nodes_viewers_are_back_on_other_nodes_and_miss_no_w
     viewers = crowd.viewers_by_id()
     displaced = outcome["displaced"]
     back, updated = outcome["back_s"], outcome["updated_s"]
-    summary(
+    figures = summary(
         "subscriber node killed (SIGKILL)",
         report,
         books,
+        **refusals_around(crowd, outcome["killed_at"]),
         victim=outcome["victim"],
+        victim_pid_gone=outcome["victim_pid_gone"],
         displaced_viewers=len(displaced),
         reconnected_s_median=_median(back.values()),
         reconnected_s_max=max(back.values(), default=None),
@@ -139,6 +163,7 @@ def test_a_killed_subscriber_nodes_viewers_are_back_on_other_nodes_and_miss_no_w
     )
 
     assert displaced, "nobody was on the busiest node"
+    assert outcome["victim_pid_gone"], "the node's process survived its SIGKILL"
     assert sorted(back) == sorted(displaced), (
         f"not back within {RECOVERY_BOUND_SECONDS:.0f} s: {set(displaced) - set(back)}"
     )
@@ -148,6 +173,8 @@ def test_a_killed_subscriber_nodes_viewers_are_back_on_other_nodes_and_miss_no_w
     # Counts are exact for every window, and every viewer, displaced or not, holds every one of them.
     assert_every_acknowledged_emoji_counted_once(books, stack.logs())
     assert books["viewer_windows_missing"] == 0, books["mismatches"]
+    # A node is not on the emoji path: the crowd is never refused.
+    assert figures["gave_up"] == 0 and figures["refused_attempts"] == {}, figures
 
 
 @pytest.mark.slow  # a Spark restart and its backlog: the longest of these
@@ -188,18 +215,35 @@ def test_an_ingest_instance_stopped_mid_load_loses_nothing_it_acknowledged(fault
         # clients it served must move to the other.
         held = listening_children(stack.pool.process.pid, port)
         victim = max(held, key=held.get)
+        stopped_at = time.time()
         kill_group(victim, signal.SIGTERM)  # what a rolling restart or a scale-down does
         replaced = await asyncio.to_thread(_wait_for_replacement, stack, victim)
-        return {"instances": len(held), "victim_connections": held[victim], "replaced_after_s": replaced}
+        return {
+            "instances": len(held),
+            "victim_connections": held[victim],
+            "replaced_after_s": replaced,
+            "stopped_at": stopped_at,
+            "victim_gone": process_gone(victim),
+        }
 
     report, outcome = asyncio.run(run_with_fault(crowd, stop_one_instance, after=6.0))
     books = audit(stack.settings, crowd)
-    summary("ingest instance stopped (SIGTERM) in a pool of 2", report, books, **outcome)
+    stopped_at = outcome.pop("stopped_at")
+    figures = summary(
+        "ingest instance stopped (SIGTERM) in a pool of 2",
+        report,
+        books,
+        **outcome,
+        **refusals_around(crowd, stopped_at),
+    )
 
-    # The stopped instance was serving the crowd when it went.
+    # The stopped instance was serving the crowd when it went, and a new one took its place.
     assert outcome["instances"] == 2
     assert outcome["victim_connections"] > 0, outcome
+    assert outcome["victim_gone"], outcome
     assert_every_acknowledged_emoji_counted_once(books, stack.logs())
+    assert books["viewer_windows_missing"] == 0, books["mismatches"]
+    assert_the_crowd_noticed_at_most_a_pause(figures, REFUSALS_BOUND_SECONDS)
 
 
 def test_an_ingest_instance_killed_mid_load_loses_nothing_it_acknowledged(fault_stack: FaultStack):
@@ -216,17 +260,35 @@ def test_an_ingest_instance_killed_mid_load_loses_nothing_it_acknowledged(fault_
         victim = max(held, key=held.get)
         # Kill while its journal holds accepted emoji: between flushes a worker may hold none.
         holding = await _until_journal_holds_emoji(settings, [child.pid for child in psutil.Process(victim).children()])
+        killed_at = time.time()
         kill_group(victim, signal.SIGKILL)  # a crash, the OOM killer, a machine lost
         replaced = await asyncio.to_thread(_wait_for_replacement, stack, victim)
-        return {"victim_connections": held[victim], "victim_journal_held_emoji": holding, "replaced_after_s": replaced}
+        return {
+            "victim_connections": held[victim],
+            "victim_journal_held_emoji": holding,
+            "replaced_after_s": replaced,
+            "killed_at": killed_at,
+            "victim_gone": process_gone(victim),
+        }
 
     report, outcome = asyncio.run(run_with_fault(crowd, kill_busiest_instance, after=6.0))
     books = audit(settings, crowd)
-    summary("ingest instance killed (SIGKILL) in a pool of 2", report, books, **outcome)
+    killed_at = outcome.pop("killed_at")
+    figures = summary(
+        "ingest instance killed (SIGKILL) in a pool of 2",
+        report,
+        books,
+        **outcome,
+        **refusals_around(crowd, killed_at),
+    )
 
     assert outcome["victim_connections"] > 0, outcome
     assert outcome["victim_journal_held_emoji"], outcome
+    assert outcome["victim_gone"], outcome
     assert_every_acknowledged_emoji_counted_once(books, stack.logs())
+    assert books["viewer_windows_missing"] == 0, books["mismatches"]
+    # Requests cut off with the instance are tried again on the other one: a moment, nothing given up.
+    assert_the_crowd_noticed_at_most_a_pause(figures, REFUSALS_BOUND_SECONDS)
     # ...and that is because a surviving worker sent what the dead one had accepted.
     assert "that a stopped ingest worker had accepted" in stack.logs(tail=10_000)
 

@@ -41,11 +41,26 @@ DRAIN_BOUND_SECONDS = 120.0
 RESULTS_FILE = Path(__file__).resolve().parents[2] / "test-artifacts" / "faults-figures.jsonl"
 
 
+class TimedRefusals(Counter):
+    """The crowd's count of refused attempts by status, which also notes when each was refused."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.times: list[tuple[float, str, int]] = []  # (epoch s, status, emoji) per refused attempt
+
+    def __setitem__(self, key: str, value: int) -> None:
+        added = value - self.get(key, 0)
+        if added > 0:
+            self.times.append((time.time(), key, added))
+        super().__setitem__(key, value)
+
+
 class TracedCrowd(Crowd):
     """The simulator's crowd, with one user_id per request and live arrival times per viewer."""
 
     def __init__(self, plan: CrowdPlan):
         super().__init__(plan)
+        self.ledger.rejected = TimedRefusals()
         self._serial = itertools.count()
         self.acked: dict[str, tuple[str, str]] = {}  # user_id -> (event_id, emoji), answered 202
         self.acked_at: dict[str, float] = {}  # user_id -> when the 202 arrived (epoch s)
@@ -243,6 +258,41 @@ def assert_every_acknowledged_emoji_counted_once(books: dict[str, Any], logs: st
     assert books["windows_exact"] == books["windows_checked"], books["mismatches"]
 
 
+def refusals_around(crowd: TracedCrowd, fault_at: float) -> dict[str, Any]:
+    """When the crowd's refused attempts fell, in seconds from ``fault_at`` (epoch s): the first, the last, the span."""
+    times = [at for at, _, _ in crowd.ledger.rejected.times]
+    if not times:
+        return {"refused_from_s": None, "refused_until_s": None, "refusal_span_s": 0.0}
+    return {
+        "refused_from_s": round(min(times) - fault_at, 2),
+        "refused_until_s": round(max(times) - fault_at, 2),
+        "refusal_span_s": round(max(times) - min(times), 2),
+    }
+
+
+def ingest_refusals_by_reason(ingest_url: str) -> dict[str, float]:
+    """Ingest's own count of refused requests, by reason (its /metrics)."""
+    import requests
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = requests.get(ingest_url + "/metrics", timeout=10).text
+    return {
+        sample.labels["reason"]: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "emostream_ingest_rejected_requests_total"
+    }
+
+
+def assert_the_crowd_noticed_at_most_a_pause(figures: dict[str, Any], bound_s: float) -> None:
+    """No emoji given up; attempts refused only from the fault on and for at most ``bound_s`` after it."""
+    assert figures["gave_up"] == 0, figures
+    if figures["refused_from_s"] is not None:
+        # A refusal a little before the fault is the crowd's clock against the fault's: not more than that.
+        assert figures["refused_from_s"] >= -0.5, ("refused before the fault", figures)
+        assert figures["refused_until_s"] <= bound_s, (f"refused more than {bound_s:.0f} s after the fault", figures)
+
+
 def wait_for_topic_metadata(settings: Settings, timeout: float = 60.0) -> None:
     """Wait until the broker's metadata lists every topic of ``settings``.
 
@@ -260,6 +310,20 @@ def wait_for_topic_metadata(settings: Settings, timeout: float = 60.0) -> None:
             time.sleep(0.2)
     finally:
         probe.close()
+
+
+def process_gone(pid: int, timeout: float = 10.0) -> bool:
+    """True once ``pid`` has exited (gone, or a zombie its parent has not reaped yet); False after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
 
 
 def kill_group(pid: int, sig: int = signal.SIGKILL) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import requests
 
 from emostream import kafka
 from emostream.settings import Settings
+from emostream.wire import now_ms
 from tests.harness.support import ServiceProcess, read_topic, wait_http
 
 
@@ -44,3 +46,47 @@ def start_ingest(settings: Settings, log_dir: Path, timeout: float = 60.0) -> Se
     except BaseException:
         service.stop()
         raise
+
+
+class Poster(threading.Thread):
+    """Posts one emoji at a time, each from a user of its own, and keeps every answer."""
+
+    def __init__(self, port: int, tag: str):
+        super().__init__(daemon=True)
+        self.url = f"http://127.0.0.1:{port}/emoji"
+        self.tag = tag
+        self.answers: list[tuple[str, int | str, str | None]] = []  # (user_id, status or error, Retry-After)
+        self.answered_at: list[float] = []  # when each answer came (monotonic s)
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        session = requests.Session()
+        n = 0
+        while not self.stopping.is_set() and n < 20_000:
+            user_id = f"{self.tag}-{n}"
+            n += 1
+            try:
+                response = session.post(
+                    self.url,
+                    json={"user_id": user_id, "emoji_type": "🔥", "timestamp": now_ms()},
+                    timeout=(5, 10),
+                )
+                answer = (user_id, response.status_code, response.headers.get("Retry-After"))
+            except requests.RequestException as error:
+                answer = (user_id, type(error).__name__, None)
+            self.answered_at.append(time.monotonic())
+            self.answers.append(answer)
+            time.sleep(0.01)
+
+    def statuses(self) -> list[int | str]:
+        return [status for _, status, _ in self.answers]
+
+    def wait_for(self, status: int, timeout: float) -> bool:
+        """Wait until an answer with ``status`` arrives after the answers seen so far."""
+        seen = len(self.answers)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if status in self.statuses()[seen:]:
+                return True
+            time.sleep(0.05)
+        return False

@@ -17,12 +17,15 @@ from emostream import kafka
 from emostream.devstack.kafka_cluster import KafkaCluster
 from emostream.settings import ROOT, Settings
 from tests.harness.clusters import assert_stop_ends_every_process, parse_exports
+from tests.harness.faults import process_gone
 from tests.harness.settings import unique_topics
 from tests.harness.support import free_port, leader_of, read_topic
 
 pytestmark = pytest.mark.integration
 
 CLI = str(ROOT / "bin" / "kafka-cluster")
+# The cluster fences a dead node within seconds (its failover settings); generous for a loaded machine.
+FENCED_BOUND_SECONDS = 30.0
 
 
 def cli_env(settings: Settings) -> dict[str, str]:
@@ -123,17 +126,28 @@ def test_every_acknowledged_record_is_read_exactly_once_after_a_broker_is_killed
     try:
         load.wait_for_acks(200)
 
+        pid = victim.pid()
+        killed_at = time.monotonic()
         victim.stop(kill=True)  # SIGKILL: no controlled shutdown, no flush
+        assert pid is not None and process_gone(pid), "the killed node's JVM is still there"
         _wait_until(
-            lambda: all(victim.node_id not in isr for isr in _isrs(settings, topic)), "the dead broker left ISR"
+            lambda: all(victim.node_id not in isr for isr in _isrs(settings, topic)),
+            "the dead broker left ISR",
+            FENCED_BOUND_SECONDS,
         )
+        fenced_after = time.monotonic() - killed_at
         load.wait_for_acks(load.acked_count() + 200)  # acks=all keeps working with 2 in-sync replicas
 
         assert victim.start() is True
+        assert victim.pid() not in (None, pid)
         _wait_until(lambda: all(len(isr) == 3 for isr in _isrs(settings, topic)), "the restarted broker caught up")
         load.wait_for_acks(load.acked_count() + 200)
     finally:
         load.stop()
+    print(
+        f"\nFAULT Kafka node of 3 killed under kafka-python's producer: sent={load.sent} acked={len(load.acked)} "
+        f"failed={len(load.failed)} dead node out of ISR after {fenced_after:.1f} s"
+    )
 
     acked = set(load.acked)
     assert load.failed == [], "no send may fail while two of three replicas are up"

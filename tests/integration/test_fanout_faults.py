@@ -143,11 +143,16 @@ def test_the_main_publisher_resumes_from_its_committed_offsets_after_a_restart(c
             publish_aggregates(settings, windows(event, range(7, 9)))
             services["pubsub"] = start_main_publisher(settings, log_dir)
             await viewer.wait_for(lambda v: starts[8] in received_windows(v), 60)
-            await asyncio.sleep(1.0)  # a replay of anything older would arrive by now
+            # A marker published now reaches the viewer after anything the restart replays.
+            publish_aggregates(settings, windows(event, [9]))
+            await viewer.wait_for(lambda v: marker in received_windows(v), 60)
             return received_windows(viewer)
 
+    marker = windows(event, [9])[0]["window_start"]
     received = asyncio.run(scenario())
 
+    assert received[-1] == marker
+    received = received[:-1]
     assert received[:6] == [starts[n] for n in range(1, 7)]  # nothing lost, nothing repeated
     assert received[-2:] == [starts[7], starts[8]]
     assert set(received[6:]) <= {starts[n] for n in range(4, 9)}  # a repeat of the last batch at most
@@ -168,7 +173,10 @@ def test_a_restarted_cluster_publisher_resumes_from_its_committed_offsets(cluste
             publish_aggregates(settings, windows(event, [3, 4]))  # routed to the cluster topic meanwhile
             services["cluster-publisher"] = ServiceProcess("pubsub_service.py", settings, log_dir, "--cluster", "0")
             await viewer.wait_for_updates(4, timeout=60)
-            await asyncio.sleep(1.0)  # a replay from the beginning would arrive by now
+            # A marker published now reaches the viewer after anything a replay from the beginning would send.
+            publish_aggregates(settings, windows(event, [5]))
+            await viewer.wait_for(lambda v: marker in received_windows(v), 60)
             return received_windows(viewer)
 
-    assert asyncio.run(scenario()) == starts
+    marker = windows(event, [5])[0]["window_start"]
+    assert asyncio.run(scenario()) == [*starts, marker]

@@ -92,7 +92,14 @@ def test_the_last_node_of_a_cluster_is_never_retired_even_when_idle(small_cluste
     settings, _ = small_cluster
     wait_until(lambda: live_nodes(settings).get("c0-s0", {}).get("connections") == 0, 30, "an idle cluster")
 
-    time.sleep(2 * settings.scale_down_idle_seconds)
+    time.sleep(2 * settings.scale_down_idle_seconds)  # twice the idle time that retires an extra node
+    # Proof the manager looked at the idle cluster after that time: two more of its reconcile steps.
+    steps = manager_metric(settings, "emostream_manager_reconciles_total")
+    wait_until(
+        lambda: manager_metric(settings, "emostream_manager_reconciles_total") >= steps + 2,
+        30,
+        "two reconcile steps after the idle time",
+    )
 
     assert sorted(live_nodes(settings)) == ["c0-s0"]
     assert manager_metric(settings, "emostream_manager_scale_downs_total") == 1

@@ -103,10 +103,18 @@ def test_ninety_viewers_are_balanced_and_each_gets_exactly_its_events_aggregates
             )
             unwatched = windows("nobody-watches", range(3))
             plan = {event: windows(event, range(1, 6)) for event in events}
+            markers = {event: windows(event, [6])[0] for event in events}
             # Interleave events window by window, as the processor emits them.
             publish_aggregates(settings, [plan[event][n] for n in range(5) for event in events] + unwatched)
             await asyncio.gather(*(viewer.wait_for_updates(5, timeout=30) for viewer in viewers))
-            await asyncio.sleep(1.0)  # anything extra or foreign would arrive by now
+            # A marker window per event, published now, reaches each viewer after anything extra or foreign.
+            publish_aggregates(settings, [markers[event] for event in events])
+            await asyncio.gather(
+                *(
+                    viewer.wait_for(lambda v: markers[v.event_id]["window_start"] in received_windows(v), 30)
+                    for viewer in viewers
+                )
+            )
             return viewers, per_node, plan
         finally:
             await asyncio.gather(*(viewer.close() for viewer in viewers))
@@ -118,9 +126,11 @@ def test_ninety_viewers_are_balanced_and_each_gets_exactly_its_events_aggregates
     assert sorted(per_node) == sorted(live_nodes(settings))
     assert all(8 <= count <= 12 for count in per_node.values()), per_node
     for viewer in viewers:
-        assert [d.aggregate["event_id"] for d in viewer.deliveries] == [viewer.event_id] * 5
-        assert received_windows(viewer) == [a["window_start"] for a in plan[viewer.event_id]]
-        assert [d.aggregate["counts"] for d in viewer.deliveries] == [a["counts"] for a in plan[viewer.event_id]]
+        deliveries = list(viewer.deliveries)[:-1]  # the marker last, and nothing after the plan but it
+        assert received_windows(viewer)[-1] == windows(viewer.event_id, [6])[0]["window_start"]
+        assert [d.aggregate["event_id"] for d in deliveries] == [viewer.event_id] * 5
+        assert [d.aggregate["window_start"] for d in deliveries] == [a["window_start"] for a in plan[viewer.event_id]]
+        assert [d.aggregate["counts"] for d in deliveries] == [a["counts"] for a in plan[viewer.event_id]]
     metrics = requests.get(f"http://127.0.0.1:{settings.pubsub_metrics_port}/metrics", timeout=5).text
     assert "emostream_pubsub_unrouted_total 3.0" in metrics
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
 import uuid
 from collections import Counter
@@ -17,7 +16,7 @@ from emostream.devstack.broker import BrokerNode
 from emostream.ingest.journal import read_segment
 from emostream.settings import ROOT, Settings
 from emostream.wire import now_ms
-from tests.harness.ingest import create_emoji_topic, records_of, start_ingest
+from tests.harness.ingest import Poster, create_emoji_topic, records_of, start_ingest
 from tests.harness.settings import unique_topics
 from tests.harness.support import free_port
 
@@ -56,47 +55,6 @@ def fault_settings(base_settings: Settings, node: BrokerNode, tmp_path: Path) ->
     return settings
 
 
-class Poster(threading.Thread):
-    """Posts one emoji at a time, each from a user of its own, and keeps every answer."""
-
-    def __init__(self, port: int, tag: str):
-        super().__init__(daemon=True)
-        self.url = f"http://127.0.0.1:{port}/emoji"
-        self.tag = tag
-        self.answers: list[tuple[str, int | str, str | None]] = []  # (user_id, status or error, Retry-After)
-        self.stopping = threading.Event()
-
-    def run(self) -> None:
-        session = requests.Session()
-        n = 0
-        while not self.stopping.is_set() and n < 20_000:
-            user_id = f"{self.tag}-{n}"
-            n += 1
-            try:
-                response = session.post(
-                    self.url,
-                    json={"user_id": user_id, "emoji_type": "🔥", "timestamp": now_ms()},
-                    timeout=(5, 10),
-                )
-                self.answers.append((user_id, response.status_code, response.headers.get("Retry-After")))
-            except requests.RequestException as error:
-                self.answers.append((user_id, type(error).__name__, None))
-            time.sleep(0.01)
-
-    def statuses(self) -> list[int | str]:
-        return [status for _, status, _ in self.answers]
-
-    def wait_for(self, status: int, timeout: float) -> bool:
-        """Wait until an answer with ``status`` arrives after the answers seen so far."""
-        seen = len(self.answers)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if status in self.statuses()[seen:]:
-                return True
-            time.sleep(0.05)
-        return False
-
-
 def test_broker_restart_turns_requests_to_503_without_hanging_and_every_accepted_emoji_arrives_once(
     fault_settings, node, tmp_path
 ):
@@ -109,12 +67,14 @@ def test_broker_restart_turns_requests_to_503_without_hanging_and_every_accepted
         assert poster.wait_for(202, timeout=10)
         time.sleep(1)
 
+        stopped_at = time.monotonic()
         node.stop()
         turned_503 = poster.wait_for(503, timeout=UNAVAILABLE_SECONDS + 20)
-        time.sleep(1)  # a while of refusals
+        poster.wait_for(503, timeout=10)  # a while of refusals
         node.start()
+        started_at = time.monotonic()
         recovered = poster.wait_for(202, timeout=60)
-        time.sleep(1)
+        poster.wait_for(202, timeout=10)
     finally:
         poster.stopping.set()
         poster.join(30)
@@ -122,7 +82,15 @@ def test_broker_restart_turns_requests_to_503_without_hanging_and_every_accepted
 
     log = service.log_path.read_text()
     statuses = Counter(poster.statuses())
+    refused_at = [at for (_, status, _), at in zip(poster.answers, poster.answered_at, strict=True) if status == 503]
+    print(
+        f"\nFAULT ingest, its only broker stopped and started: {dict(statuses)}; refused from "
+        f"{min(refused_at, default=stopped_at) - stopped_at:.1f} s after the stop to "
+        f"{max(refused_at, default=started_at) - started_at:.1f} s after the start"
+    )
     assert turned_503, f"no 503 while the broker was down: {statuses}"
+    # Refused only from the outage on (after the grace of kafka_unavailable_seconds), and not long after it ended.
+    assert all(stopped_at + UNAVAILABLE_SECONDS - 0.5 <= at <= started_at + 30 for at in refused_at), refused_at
     assert recovered, f"no 202 after the broker came back: {statuses}\n{log}"
     assert set(statuses) == {202, 503}, statuses  # every request answered: none timed out
     assert all(retry_after and int(retry_after) >= 1 for _, status, retry_after in poster.answers if status == 503)

@@ -173,13 +173,16 @@ def test_records_awaiting_acknowledgement_are_never_sent_a_second_time(tmp_path,
 
     batcher.offer(records("u", 10))
     eventually(lambda: len(producer.sent) == 10)
-    time.sleep(0.2)  # twenty flush intervals with the acknowledgements outstanding
+    # Later flushes happen with the acknowledgements outstanding: each marker record sent proves one.
+    for n in range(5):
+        batcher.offer([(f"live|marker{n}", b"{}")])
+        eventually(lambda n=n: len(producer.sent) >= 11 + n)
 
-    assert len(producer.sent) == 10
-    assert batcher.held == 10
+    assert producer.keys() == [key for key, _ in records("u", 10)] + [f"live|marker{n}" for n in range(5)]
+    assert batcher.held == 15
     producer.acknowledge()
     eventually(lambda: batcher.held == 0)
-    assert len(producer.sent) == 10
+    assert len(producer.sent) == 15
 
 
 def test_records_whose_delivery_failed_are_sent_again_until_acknowledged(tmp_path, running):
@@ -210,6 +213,40 @@ def test_kafka_counts_as_unavailable_while_records_wait_without_acknowledgement(
     producer.acknowledge()
     eventually(lambda: batcher.held == 0)
     assert batcher.unavailable_for() == 0.0
+
+
+def test_emoji_the_producer_holds_are_a_stall_not_a_lag(tmp_path, running):
+    # A partition's leader moving: the producer has the emoji and Kafka acknowledges nothing for
+    # a while. Ingest is not behind in sending (no lag refusal), and the wait counts against
+    # kafka_unavailable_seconds instead.
+    clock = Clock()
+    producer = ScriptedProducer(hold=True)
+    batcher = running(make_settings(tmp_path), producer, clock=clock)
+    batcher.offer(records("u", 3))
+    eventually(lambda: len(producer.sent) == 3)
+
+    clock.now += 4
+    assert batcher.lag() == 0.0
+    assert batcher.stalled_for() >= 3.5
+
+    producer.acknowledge()
+    eventually(lambda: batcher.held == 0)
+    assert batcher.stalled_for() == 0.0
+
+
+def test_emoji_no_producer_took_count_as_lag(tmp_path, running):
+    clock = Clock()
+    batcher = EmojiBatcher(make_settings(tmp_path), _no_producer, probe=lambda: True, clock=clock).start()
+    try:
+        batcher.offer(records("u", 3))
+        clock.now += 4
+        assert batcher.lag() == pytest.approx(4 - batcher.interval)
+    finally:
+        batcher.close(timeout=0.1)
+
+
+def _no_producer():
+    raise OSError("no producer can be made")
 
 
 def test_a_failing_probe_makes_kafka_unavailable_while_idle_until_it_succeeds(tmp_path, running):
