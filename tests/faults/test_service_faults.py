@@ -44,7 +44,7 @@ RECOVERY_BOUND_SECONDS = 30.0
 
 
 def crowd_for(stack: FaultStack, **changes) -> TracedCrowd:
-    return TracedCrowd(plan_for(stack.settings, (stack.pool.url,), stack.registration_url, **changes))
+    return TracedCrowd(plan_for(stack.settings, (stack.pool.url,), stack.registration_url, **changes), stack.settings)
 
 
 def test_registration_restarted_existing_viewers_are_not_disturbed_and_counts_stay_exact(fault_stack: FaultStack):
