@@ -6,6 +6,9 @@ import time
 
 import pytest
 from flask import Blueprint
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from emostream.fanout.membership import Membership, NodeState
 from emostream.fanout.registration import ViewerControl, create_app
@@ -270,3 +273,39 @@ def test_registrations_are_limited_per_source_address_behind_a_trusted_proxy(set
     assert register("198.51.100.8").status_code == 200
     assert register("203.0.113.1, 198.51.100.7").status_code == 429
     assert client.post("/register", json={}).status_code == 200
+
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=80),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4),
+    max_leaves=12,
+)
+
+
+@hypothesis_settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    body=st.one_of(
+        st.fixed_dictionaries(
+            {},
+            optional={
+                "client_id": _json_values | st.from_regex(r"[A-Za-z0-9_.:@-]{1,70}", fullmatch=True),
+                "event_id": _json_values | st.from_regex(r"[A-Za-z0-9_.|-]{1,70}", fullmatch=True),
+            },
+        ),
+        _json_values,
+    )
+)
+def test_any_registration_body_gets_a_credential_for_exactly_its_fields_or_a_4xx(client, settings, body):
+    response = client.post("/register", json=body)
+
+    assert response.status_code in (200, 400), response.get_data(as_text=True)
+    if response.status_code == 400:
+        assert response.get_json()["error"]
+        return
+    answer = response.get_json()
+    claims = verify_send_token(settings.secret, answer["send_token"])
+    assert (claims.client_id, claims.event_id) == (answer["client_id"], answer["event_id"])
+    if isinstance(body, dict) and body.get("client_id") is not None:  # null: the service picks one
+        assert claims.client_id == body["client_id"]
+    if isinstance(body, dict) and "event_id" in body:
+        assert claims.event_id == body["event_id"]
