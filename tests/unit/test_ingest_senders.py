@@ -157,3 +157,31 @@ def test_token_mode_beyond_loopback_needs_a_secret_and_an_unknown_mode_is_refuse
     check_auth(Settings.from_env(environ={}, ingest_host="0.0.0.0", token_secret="s3cret"))
     with pytest.raises(SystemExit, match="EMOSTREAM_INGEST_AUTH='closed'"):
         check_auth(Settings.from_env(environ={}, ingest_auth="closed"))
+
+
+def test_with_kafka_unreachable_the_revocation_follower_waits_and_genuine_credentials_are_still_taken(tmp_path):
+    """Availability first: a follower that cannot read revocations does not stop a live event."""
+    from emostream.ingest.api import create_app, ingest_of
+    from emostream.ingest.batcher import EmojiBatcher
+    from tests.harness.support import free_port
+
+    settings = Settings.from_env(
+        environ={}, kafka_bootstrap=f"127.0.0.1:{free_port()}", state_dir=str(tmp_path), token_secret="unit-secret"
+    )
+    batcher = EmojiBatcher(settings, producer_factory=lambda: None, probe=lambda: True)
+    app = create_app(settings, batcher=batcher)
+    follower = ingest_of(app).follower
+    try:
+        client = app.test_client()
+        token = issue_send_token(settings.secret, SendClaims("phone-1", "live", now_ms(), int(time.time()) + 60))
+        body = {"user_id": "phone-1", "emoji_type": settings.emoji_types[0], "timestamp": now_ms()}
+
+        accepted = client.post("/emoji", json=body, headers={"Authorization": f"Bearer {token}"})
+        refused = client.post("/emoji", json=body)
+
+        assert accepted.status_code == 202, accepted.get_json()
+        assert refused.status_code == 401
+        revocations = client.get("/healthz").get_json()["revocations"]
+        assert revocations["caught_up"] is False and revocations["state"] != "following"
+    finally:
+        follower.stop(timeout=1)
