@@ -7,10 +7,11 @@ first aggregate that counts it (:mod:`emostream.clients.probes`). A viewer that 
 comes back with ``since`` and is sent the windows it may have missed again: the books keep
 each window's highest total, and the probes time no replayed record.
 
-Every sender sends with its own send credential (``Authorization: Bearer <send_token>``),
-from the registration of a viewer of the same client and event or from a registration
-of its own; a registration that hands out none (a service older than send credentials)
-leaves the sender sending without one.
+Every sender sends with its own send credential (``Authorization: Bearer <send_token>``):
+a viewer that sends taps in the event it watches, with its registration's credential; a
+sender of its own (``senders``) registers once for each event it sends in. A registration
+that hands out none (a service older than send credentials) leaves the sender sending
+without one.
 """
 
 from __future__ import annotations
@@ -290,11 +291,13 @@ class Crowd:
                     owed -= due
                     self.asked += due
                     while due > 0 and len(tasks) < self.plan.concurrency:
-                        event_id = self.random.choice(self.plan.events)
+                        # One sender per request (a request carries one sender's credential); a
+                        # viewer taps in the event it watches, a sender of its own in any.
+                        sender = self.random.choice(users)
+                        event_id = self.ledger.viewer_events.get(sender) or self.random.choice(self.plan.events)
                         size = min(due, self.plan.batch)
                         due -= size
-                        # One sender per request: a request carries one sender's credential.
-                        chosen = [self.random.choice(users)] * size
+                        chosen = [sender] * size
                         task = asyncio.create_task(self._send(session, event_id, chosen, self._pick_emoji(size)))
                         tasks.add(task)
                         task.add_done_callback(tasks.discard)
