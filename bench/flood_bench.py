@@ -6,7 +6,7 @@
 One ingest (``python3 app.py``, default workers) on a free port. Two phases in the same run:
 
 - baseline: ``--polite-users`` users, each sending one emoji every ``--interval`` seconds
-  (far below the per-user limit), timed request by request;
+  (far below the per-user limit), timed request by request, each with its send credential;
 - flood: the same users, while wrk hammers ``POST /emojis`` with batches of one single
   user_id over ``--flood-connections`` connections (far over that user's limit).
 
@@ -35,15 +35,16 @@ from _common import ensure_wrk, free_port, kafka_for_bench, start_wrk, stop_proc
 
 from emostream import kafka
 from emostream.settings import ROOT, Settings
-from emostream.wire import now_ms
+from emostream.wire import SendClaims, issue_send_token, now_ms
 from tests.harness.support import wait_healthy
 
 FLOOD_SCRIPT = r"""
 local body = '%(body)s'
+local headers = {["Content-Type"] = "application/json", ["Authorization"] = "Bearer %(send_token)s"}
 statuses = {}  -- global: done() reads it from each thread
 local threads = {}
 function setup(thread) table.insert(threads, thread) end
-function request() return wrk.format("POST", "/emojis", {["Content-Type"] = "application/json"}, body) end
+function request() return wrk.format("POST", "/emojis", headers, body) end
 function response(status) statuses[status] = (statuses[status] or 0) + 1 end
 function done(summary, latency, requests)
   local merged = {}
@@ -58,7 +59,15 @@ end
 """
 
 
-def polite_load(url: str, users: int, interval: float, seconds: float, tag: str) -> tuple[list[float], dict[int, int]]:
+def send_headers(settings: Settings, user_id: str) -> dict[str, str]:
+    """The Authorization header of a send credential for ``user_id`` in event ``live``, signed as registration would."""
+    claims = SendClaims(user_id, "live", now_ms(), int(time.time()) + 3600)
+    return {"Authorization": f"Bearer {issue_send_token(settings.secret, claims)}"}
+
+
+def polite_load(
+    settings: Settings, url: str, users: int, interval: float, seconds: float, tag: str
+) -> tuple[list[float], dict[int, int]]:
     """Each user sends one emoji every ``interval`` s for ``seconds``; return latencies (ms) and statuses."""
     latencies: list[float] = []
     statuses: dict[int, int] = {}
@@ -67,12 +76,14 @@ def polite_load(url: str, users: int, interval: float, seconds: float, tag: str)
 
     def user(n: int) -> None:
         session = requests.Session()
+        user_id = f"polite-{tag}-{n}"
+        session.headers.update(send_headers(settings, user_id))
         next_at = time.monotonic() + interval * n / users  # spread the users over one interval
         while True:
             time.sleep(max(0.0, next_at - time.monotonic()))
             if time.monotonic() >= stop_at:
                 return
-            body = {"user_id": f"polite-{tag}-{n}", "emoji_type": "👏", "timestamp": now_ms()}
+            body = {"user_id": user_id, "emoji_type": "👏", "timestamp": now_ms()}
             started = time.perf_counter()
             status = session.post(url + "/emoji", json=body, timeout=30).status_code
             elapsed = (time.perf_counter() - started) * 1000
@@ -140,7 +151,8 @@ def run(args: argparse.Namespace, wrk: str, work: Path, bootstrap: str) -> int:
 
         batch = [{"user_id": f"flooder-{tag}", "emoji_type": "🔥", "timestamp": now_ms()}] * args.flood_batch
         script = work / "flood.lua"
-        script.write_text(FLOOD_SCRIPT % {"body": json.dumps(batch, ensure_ascii=False)})
+        flood_token = send_headers(settings, f"flooder-{tag}")["Authorization"].removeprefix("Bearer ")
+        script.write_text(FLOOD_SCRIPT % {"body": json.dumps(batch, ensure_ascii=False), "send_token": flood_token})
 
         rows = []
         for phase in ("baseline", "flood"):
@@ -149,7 +161,9 @@ def run(args: argparse.Namespace, wrk: str, work: Path, bootstrap: str) -> int:
             )
             if flooder is not None:
                 time.sleep(1.0)  # the flood is at full strength before measuring
-            latencies, statuses = polite_load(url, args.polite_users, args.interval, args.seconds, f"{tag}-{phase}")
+            latencies, statuses = polite_load(
+                settings, url, args.polite_users, args.interval, args.seconds, f"{tag}-{phase}"
+            )
             flood_result = {}
             if flooder is not None:
                 output, _ = flooder.communicate(timeout=args.seconds + 30)

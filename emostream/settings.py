@@ -93,6 +93,10 @@ class Settings:
         "PEM file of the CA that signed the brokers' certificates (SASL_SSL). Unset with the local broker: its own.",
         "",
     )
+    revocation_topic: str = _doc(
+        "Compacted topic of revoked send credentials, written by registration and followed by every ingest worker.",
+        "emostream_revoked_senders",
+    )
     replication_factor: int = _doc("Replication factor of topics the project creates (3 on a real cluster).", 1)
     min_insync_replicas: int = _doc("min.insync.replicas of topics the project creates (2 on a real cluster).", 1)
 
@@ -132,8 +136,28 @@ class Settings:
     )
     batch_max_events: int = _doc("Largest array POST /emojis accepts.", 1000)
     max_body_bytes: int = _doc("Largest request body ingest accepts.", 262_144)
+    ingest_auth: str = _doc(
+        "token: ingest takes an emoji only with a send credential from POST /register (Authorization: Bearer); "
+        "open: any user_id without a credential (local demos only: refused on a non-loopback address).",
+        "token",
+    )
     rate_limit_per_user: float = _doc("Emoji per second one user_id may send (sustained).", 50.0)
     rate_burst_per_user: int = _doc("Emoji one user_id may send in a burst.", 200)
+    rate_limit_per_source: float = _doc(
+        "Emoji per second one source address may send (sustained, per ingest worker); 0 turns the limit off.",
+        1000.0,
+    )
+    rate_burst_per_source: int = _doc("Emoji one source address may send in a burst (per ingest worker).", 5000)
+    trusted_proxies: tuple[str, ...] = _doc(
+        "Comma-separated CIDRs of reverse proxies whose X-Forwarded-For is believed (the right-most address "
+        "not in this list is the source); empty: the connection's own address is the source.",
+        (),
+    )
+    source_limit_exempt: tuple[str, ...] = _doc(
+        "Comma-separated CIDRs of source addresses no per-source limit applies to (the simulator and benches "
+        "send from loopback); empty exempts none.",
+        ("127.0.0.0/8", "::1/128"),
+    )
     timestamp_skew_seconds: int = _doc("How far a client timestamp may be from server time.", 300)
     kafka_unavailable_seconds: float = _doc(
         "How long Kafka may be unreachable, or leave an accepted emoji unacknowledged, before ingest answers 503.", 5.0
@@ -181,8 +205,17 @@ class Settings:
     scale_down_idle_seconds: float = _doc("How long an extra node must be idle before it is retired.", 60.0)
     heartbeat_seconds: float = _doc("How often subscriber nodes announce themselves.", 2.0)
     heartbeat_expiry_seconds: float = _doc("Silence after which a subscriber node counts as dead.", 6.0)
-    token_secret: str = _doc("HMAC secret of viewer tokens; set it in production.", "", repr=False)
-    token_ttl_seconds: int = _doc("Lifetime of a viewer token.", 3600)
+    token_secret: str = _doc(
+        "HMAC secret of viewer tokens and send credentials; set it in production, the same for registration, "
+        "the subscriber nodes and ingest.",
+        "",
+        repr=False,
+    )
+    token_ttl_seconds: int = _doc("Lifetime of a viewer token and of a send credential.", 3600)
+    registrations_per_source: float = _doc(
+        "Registrations per second one source address may make (sustained); 0 turns the limit off.", 5.0
+    )
+    registration_burst_per_source: int = _doc("Registrations one source address may make in a burst.", 100)
     viewer_history_seconds: int = _doc(
         "How far back a joining viewer is sent its event's windows, and how far back `since` may reach; "
         "0 turns the history off (live updates only).",
@@ -355,8 +388,21 @@ class Settings:
             return
         raise SystemExit(
             f"{service}: refusing to listen on {host} with the built-in development token secret; "
-            "set EMOSTREAM_TOKEN_SECRET to the same random value for registration and every subscriber node"
+            "set EMOSTREAM_TOKEN_SECRET to the same random value for registration, every subscriber node and ingest"
         )
+
+    def require_loopback_for_open_ingest(self) -> None:
+        """Refuse an unknown ``ingest_auth``, and ``open`` mode beyond this machine: there anyone could send as anyone."""
+        if self.ingest_auth not in INGEST_AUTH_MODES:
+            raise SystemExit(f"EMOSTREAM_INGEST_AUTH={self.ingest_auth!r}: use one of {', '.join(INGEST_AUTH_MODES)}")
+        if self.ingest_auth == "open" and not _is_loopback(self.ingest_host):
+            raise SystemExit(
+                f"ingest: refusing to listen on {self.ingest_host} with EMOSTREAM_INGEST_AUTH=open, which lets "
+                "anyone send as any user_id; use token mode (the default) beyond this machine"
+            )
+
+
+INGEST_AUTH_MODES = ("token", "open")
 
 
 def _read_credentials(path: str, generated_by_local_broker: bool) -> dict[str, Any]:

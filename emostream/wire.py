@@ -235,3 +235,74 @@ def verify_token(secret: bytes, token: Any, subscriber_id: str | None = None, no
     if subscriber_id is not None and claims.subscriber_id != subscriber_id:
         raise InvalidMessage("the token is for another subscriber node")
     return claims
+
+
+# --------------------------------------------------------------------------- send credential
+
+# Its own salt: a viewer token is never a send credential, nor the other way round.
+SEND_TOKEN_SALT = "emostream-send-token"
+
+
+@dataclass(frozen=True)
+class SendClaims:
+    """The right to send emoji as ``client_id`` in ``event_id`` until ``expires_at``."""
+
+    client_id: str
+    event_id: str
+    issued_at: int  # epoch milliseconds: a revocation covers every credential issued up to it
+    expires_at: int  # epoch seconds
+
+
+def issue_send_token(secret: bytes, claims: SendClaims) -> str:
+    """An HMAC-signed send credential, taken by ingest as ``Authorization: Bearer <send_token>``."""
+    serializer = URLSafeSerializer(secret, salt=SEND_TOKEN_SALT)
+    return serializer.dumps(
+        {"c": claims.client_id, "e": claims.event_id, "i": claims.issued_at, "x": claims.expires_at}
+    )
+
+
+def verify_send_token(secret: bytes, token: Any, now: float | None = None) -> SendClaims:
+    """The claims of a genuine, unexpired send credential; :class:`InvalidMessage` otherwise."""
+    claims = read_send_token(secret, token)
+    if claims.expires_at < (time.time() if now is None else now):
+        raise InvalidMessage("the send credential has expired")
+    return claims
+
+
+def read_send_token(secret: bytes, token: Any) -> SendClaims:
+    """The claims of a genuine send credential, expired or not; :class:`InvalidMessage` when forged."""
+    if not isinstance(token, str) or not token or len(token) > 1024:
+        raise InvalidMessage("a send credential is required")
+    try:
+        body = URLSafeSerializer(secret, salt=SEND_TOKEN_SALT).loads(token)
+        claims = SendClaims(str(body["c"]), str(body["e"]), int(body["i"]), int(body["x"]))
+    except (BadSignature, KeyError, TypeError, ValueError):
+        raise InvalidMessage("the send credential is not valid") from None
+    if not CLIENT_ID_RE.fullmatch(claims.client_id) or not EVENT_ID_RE.fullmatch(claims.event_id):
+        raise InvalidMessage("the send credential is not valid")
+    return claims
+
+
+def revocation_key(client_id: str, event_id: str) -> str:
+    """Key of a revocation record: the latest one of a client and event is the one that counts."""
+    return f"{event_id}|{client_id}"
+
+
+def revocation_record(client_id: str, event_id: str, revoked_at: int, until: int) -> dict[str, Any]:
+    """Every send credential of ``client_id`` in ``event_id`` issued up to ``revoked_at`` (ms) is void;
+    the record matters until ``until`` (epoch seconds), when all of them have expired anyway."""
+    return {"client_id": client_id, "event_id": event_id, "revoked_at": revoked_at, "until": until}
+
+
+def validate_revocation(payload: Any) -> dict[str, Any]:
+    """Check a revocation record read from Kafka."""
+    if not isinstance(payload, Mapping):
+        raise InvalidMessage("a revocation must be a JSON object")
+    for name in ("client_id", "event_id"):
+        if not isinstance(payload.get(name), str):
+            raise InvalidMessage(f"revocation {name} must be a string")
+    for name in ("revoked_at", "until"):
+        value = payload.get(name)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise InvalidMessage(f"revocation {name} must be an integer")
+    return dict(payload)

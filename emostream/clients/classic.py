@@ -1,4 +1,8 @@
-"""The original client simulator: a handful of threaded clients, each registering and sending 20 emoji."""
+"""The original client simulator: a handful of threaded clients, each registering and sending 20 emoji.
+
+Each sends with the send credential its registration returned; one that could not register
+sends without (an ingest in open mode takes it, one in token mode answers 401).
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ from typing import Any
 
 import requests
 
-from emostream.clients.registration import Registration, RegistrationError
+from emostream.clients.registration import Registration, RegistrationError, send_headers
 from emostream.settings import Settings
 from emostream.wire import now_ms
 
@@ -42,11 +46,12 @@ def run_classic(
             except RegistrationError:
                 assignment = None
             count("registered" if assignment is not None else "registration_failed")
+            headers = send_headers(assignment) if assignment is not None else {}
             for _ in range(emoji_each):
                 emoji = random.choice(settings.emoji_types)
                 body = {"user_id": client_id, "emoji_type": emoji, "timestamp": now_ms()}
                 try:
-                    status = http.post(f"{ingest_url}/emoji", json=body, timeout=10).status_code
+                    status = http.post(f"{ingest_url}/emoji", json=body, headers=headers, timeout=10).status_code
                 except requests.RequestException:
                     status = "connection"
                 count("accepted" if status == 202 else f"rejected_{status}")

@@ -6,6 +6,12 @@ window. Probe emoji in an event of the crowd's own measure the delay from a tap 
 first aggregate that counts it (:mod:`emostream.clients.probes`). A viewer that lost its node
 comes back with ``since`` and is sent the windows it may have missed again: the books keep
 each window's highest total, and the probes time no replayed record.
+
+Every sender sends with its own send credential (``Authorization: Bearer <send_token>``):
+a viewer that sends taps in the event it watches, with its registration's credential; a
+sender of its own (``senders``) registers once for each event it sends in. A registration
+that hands out none (a service older than send credentials) leaves the sender sending
+without one.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import aiohttp
 
 from emostream.clients.books import Ledger
 from emostream.clients.probes import ProbeLatencies
+from emostream.clients.registration import AsyncRegistration, RegistrationError, send_headers
 from emostream.clients.report import build_report, progress_line
 from emostream.clients.viewer import Viewer
 from emostream.wire import now_ms
@@ -38,6 +45,8 @@ SETTLE_AFTER_MS = 60_000
 # Stopped early (Ctrl-C), the run skips the drain: only windows that ended longer ago than the
 # watermark plus this are judged, the others may not be final at the viewers yet.
 STOPPED_SLACK_MS = 2_000
+# Seconds before a sender whose registration failed registers again.
+CREDENTIAL_RETRY = 5.0
 
 
 @dataclass
@@ -104,6 +113,9 @@ class Crowd:
         self._ingest_index = 0
         self._emoji = list(plan.mix)
         self._weights = [plan.mix[e] for e in self._emoji]
+        # (user_id, event_id) -> the headers that send as that user in that event, once registered.
+        self._credentials: dict[tuple[str, str], asyncio.Future[dict[str, str]]] = {}
+        self._credential_failed: dict[tuple[str, str], float] = {}  # -> when to register again (monotonic)
 
     # ------------------------------------------------------------------ viewers
 
@@ -179,6 +191,7 @@ class Crowd:
 
         ``books=False`` keeps latency probes out of the crowd's ledger.
         """
+        headers = await self._send_headers(session, user_ids[0], event_id)
         stamp = now_ms()
         items = [
             {"user_id": u, "emoji_type": e, "timestamp": stamp, "event_id": event_id}
@@ -191,7 +204,7 @@ class Crowd:
             url = self.plan.ingest_urls[self._ingest_index % len(self.plan.ingest_urls)] + path
             sent_at = time.time()
             try:
-                async with session.post(url, json=body) as response:
+                async with session.post(url, json=body, headers=headers) as response:
                     payload = await response.json(content_type=None)
                     if response.status == 202:
                         received_at = payload.get("received_at") if isinstance(payload, dict) else None
@@ -210,6 +223,36 @@ class Crowd:
             self.ledger.retried += len(items)
             await asyncio.sleep(retry_after * (0.5 + self.random.random()))
         return None
+
+    async def _send_headers(self, session: aiohttp.ClientSession, user_id: str, event_id: str) -> dict[str, str]:
+        """The headers that send as ``user_id`` in ``event_id``; registers once per pair (again
+        after ``CREDENTIAL_RETRY`` seconds when registering failed)."""
+        key = (user_id, event_id)
+        future = self._credentials.get(key)
+        if future is None or (future.done() and self._credential_failed.get(key, math.inf) < time.monotonic()):
+            future = asyncio.ensure_future(self._credential(session, user_id, event_id))
+            self._credentials[key] = future
+        return await asyncio.shield(future)
+
+    async def _credential(self, session: aiohttp.ClientSession, user_id: str, event_id: str) -> dict[str, str]:
+        for viewer in self.viewers:
+            assignment = getattr(viewer, "assignment", None)  # a test's stand-in viewer may have none
+            if assignment and assignment.get("client_id") == user_id and assignment.get("event_id") == event_id:
+                return viewer.send_headers
+        registration = AsyncRegistration(self.plan.registration_url, session)
+        for attempt in range(ATTEMPTS):
+            try:
+                headers = send_headers(await registration.register(event_id, user_id))
+                self._credential_failed.pop((user_id, event_id), None)
+                return headers
+            except RegistrationError as error:
+                # Unreachable or refused: send without a credential (an open-mode ingest takes it,
+                # a token-mode one answers 401, which the report counts) and register again later.
+                if error.status == 0 or not error.retryable or attempt == ATTEMPTS - 1:
+                    break
+                await asyncio.sleep(0.2 * (attempt + 1))
+        self._credential_failed[(user_id, event_id)] = time.monotonic() + CREDENTIAL_RETRY
+        return {}
 
     async def _send(self, session: aiohttp.ClientSession, event_id: str, user_ids: list[str], emoji: list[str]) -> None:
         received_at = await self._post(session, event_id, user_ids, emoji)
@@ -248,10 +291,13 @@ class Crowd:
                     owed -= due
                     self.asked += due
                     while due > 0 and len(tasks) < self.plan.concurrency:
-                        event_id = self.random.choice(self.plan.events)
+                        # One sender per request (a request carries one sender's credential); a
+                        # viewer taps in the event it watches, a sender of its own in any.
+                        sender = self.random.choice(users)
+                        event_id = self.ledger.viewer_events.get(sender) or self.random.choice(self.plan.events)
                         size = min(due, self.plan.batch)
                         due -= size
-                        chosen = [self.random.choice(users) for _ in range(size)]
+                        chosen = [sender] * size
                         task = asyncio.create_task(self._send(session, event_id, chosen, self._pick_emoji(size)))
                         tasks.add(task)
                         task.add_done_callback(tasks.discard)

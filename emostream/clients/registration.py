@@ -49,6 +49,13 @@ def unregister_body(assignment: Mapping[str, Any]) -> dict[str, Any]:
     return {"client_id": assignment["client_id"], "token": assignment["token"]}
 
 
+def send_headers(assignment: Mapping[str, Any]) -> dict[str, str]:
+    """The headers that send emoji with the assignment's send credential; none when the
+    registration handed out none (a service older than send credentials)."""
+    send_token = assignment.get("send_token")
+    return {"Authorization": f"Bearer {send_token}"} if isinstance(send_token, str) and send_token else {}
+
+
 # What a client needs from an assignment to connect and to give the slot back.
 ASSIGNMENT_FIELDS = ("client_id", "subscriber", "url", "token")
 

@@ -41,7 +41,7 @@ import aiohttp
 import socketio
 
 from emostream.clients.probes import sent_before
-from emostream.clients.registration import AsyncRegistration, RegistrationError
+from emostream.clients.registration import AsyncRegistration, RegistrationError, send_headers
 from emostream.settings import Settings
 from emostream.wire import EMOJI_UPDATE, aggregate_version, now_ms
 
@@ -146,6 +146,12 @@ class Viewer:
     @property
     def subscriber(self) -> str | None:
         return None if self.assignment is None else self.assignment["subscriber"]
+
+    @property
+    def send_headers(self) -> dict[str, str]:
+        """The headers that send emoji as this viewer in its event (none before it registered, or
+        when registration handed out no send credential)."""
+        return {} if self.assignment is None else send_headers(self.assignment)
 
     async def start(self, timeout: float | None = None) -> Viewer:
         """Register and connect, retrying with backoff; return once connected."""

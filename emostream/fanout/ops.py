@@ -12,8 +12,9 @@ log = logging.getLogger(__name__)
 
 
 def fanout_topics(settings: Settings) -> list[kafka.TopicSpec]:
-    """The topics the fan-out tier reads and writes: aggregates, membership, cluster topics and channels."""
-    wanted = {settings.aggregate_topic, settings.membership_topic}
+    """The topics the fan-out tier reads and writes: aggregates, membership, revocations, cluster topics
+    and channels."""
+    wanted = {settings.aggregate_topic, settings.membership_topic, settings.revocation_topic}
     for cluster in range(settings.clusters):
         wanted |= {kafka.cluster_topic(settings, cluster), kafka.channel_topic(settings, cluster)}
     return [spec for spec in kafka.topics(settings) if spec.name in wanted]

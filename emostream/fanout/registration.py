@@ -2,9 +2,13 @@
 
 ``POST /register {"client_id"?, "event_id"?}`` answers the least-loaded live node
 and a token naming the client, its event and that node, signed with the
-configured secret and expiring after ``token_ttl_seconds``. ``POST /unregister
-{"client_id", "token"}`` gives the slot back; the node then refuses that token and
-drops its connection. ``GET /subscribers`` shows the membership and load.
+configured secret and expiring after ``token_ttl_seconds``, and beside it a
+``send_token``: the right to send emoji to ingest as that client in that event, for
+as long. ``POST /unregister {"client_id", "token"}`` gives the slot back; the node
+then refuses that token and drops its connection, and ingest refuses every send
+credential of that client and event issued until then (a record on the revocation
+topic). ``GET /subscribers`` shows the membership and load. Registrations are
+limited per source address (:mod:`emostream.sources`).
 
 The membership is read from the heartbeat topic in the background, so a restarted
 registration service knows the nodes at once. The viewer page mounts on this app
@@ -28,21 +32,28 @@ from typing import Any
 
 from flask import Blueprint, Flask, current_app, request
 from prometheus_client import CollectorRegistry, Counter, Gauge
-from werkzeug.exceptions import BadRequest, Forbidden, ServiceUnavailable, Unauthorized
+from werkzeug.exceptions import BadRequest, Forbidden, ServiceUnavailable, TooManyRequests, Unauthorized
 
 from emostream import kafka
 from emostream.fanout.manager import LoadBalancer, NoLiveSubscriber
 from emostream.fanout.membership import Membership, MembershipWatcher, parse_subscriber_id, summary
 from emostream.fanout.socketio_kafka import DISCONNECT_CLIENT, KafkaClientManager, token_digest
 from emostream.http import STARTING, Health, install_json_errors, json_body, metrics_response
+from emostream.ingest.ratelimit import RateLimiter, retry_after_header
 from emostream.settings import Settings
+from emostream.sources import SourcePolicy
 from emostream.wire import (
     CLIENT_ID_RE,
     DEFAULT_EVENT_ID,
     EVENT_ID_RE,
     InvalidMessage,
+    SendClaims,
     TokenClaims,
+    issue_send_token,
     issue_token,
+    now_ms,
+    revocation_key,
+    revocation_record,
     verify_token,
 )
 
@@ -59,6 +70,11 @@ class ViewerControl(abc.ABC):
     @abc.abstractmethod
     def revoke(self, claims: TokenClaims, token: str) -> None:
         """The node named in ``claims`` must refuse ``token`` and drop its connection."""
+
+    @abc.abstractmethod
+    def revoke_sender(self, client_id: str, event_id: str, revoked_at: int, until: int) -> None:
+        """Ingest must refuse every send credential of the client and event issued up to ``revoked_at``
+        (ms); raises :class:`emostream.kafka.KafkaError` when that could not be recorded."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources."""
@@ -90,6 +106,15 @@ class ChannelControl(ViewerControl):
             expires_at=claims.expires_at,
         )
 
+    def revoke_sender(self, client_id: str, event_id: str, revoked_at: int, until: int) -> None:
+        # Acknowledged before /unregister answers: a 200 means every ingest worker will read it.
+        with kafka.translate_errors():
+            self.producer.send(
+                self.settings.revocation_topic,
+                key=revocation_key(client_id, event_id),
+                value=revocation_record(client_id, event_id, revoked_at, until),
+            ).get(timeout=10)
+
     def close(self) -> None:
         self.producer.flush(timeout=5)
         self.producer.close(timeout=5)
@@ -120,6 +145,8 @@ class Registration:
         self.m_refused = Counter(
             "emostream_registration_refused", "Requests refused, by reason.", ["reason"], registry=self.registry
         )
+        self.source_limiter = RateLimiter(settings.registrations_per_source, settings.registration_burst_per_source)
+        self.sources = SourcePolicy.of(settings)
         Gauge("emostream_registration_live_nodes", "Live subscriber nodes.", registry=self.registry).set_function(
             lambda: len(self.membership.live())
         )
@@ -155,6 +182,16 @@ api = Blueprint("registration", __name__)
 @api.post("/register")
 def register():
     state = _state()
+    source = state.sources.of_environ(request.environ)
+    if source is not None:
+        wait = state.source_limiter.acquire({source: 1})
+        if wait:
+            state.m_refused.labels("source_rate_limited").inc()
+            raise TooManyRequests(
+                f"too many registrations from one address (limit {state.source_limiter.rate:g}/s, "
+                f"burst {state.source_limiter.burst:g})",
+                retry_after=int(retry_after_header(wait)),
+            )
     try:
         body = _body_object()
         _check_fields(body, ("client_id", "event_id"))
@@ -180,6 +217,7 @@ def register():
     node = assignment.node
     expires_at = int(time.time()) + state.settings.token_ttl_seconds
     token = issue_token(state.settings.secret, TokenClaims(client_id, event_id, node.subscriber_id, expires_at))
+    send_token = issue_send_token(state.settings.secret, SendClaims(client_id, event_id, now_ms(), expires_at))
     state.m_registered.labels(str(node.cluster)).inc()
     return {
         "client_id": client_id,
@@ -189,6 +227,8 @@ def register():
         "url": node.url,
         "token": token,
         "expires_at": expires_at,
+        # Authorization: Bearer <send_token> on POST /emoji(s), until expires_at as well.
+        "send_token": send_token,
     }
 
 
@@ -214,6 +254,14 @@ def unregister():
     if claims.client_id != client_id:
         state.m_refused.labels("not_yours").inc()
         raise Forbidden("the token belongs to another client")
+    try:
+        # Every send credential of this client and event issued so far: they all expire by then.
+        until = int(time.time()) + state.settings.token_ttl_seconds
+        state.control.revoke_sender(claims.client_id, claims.event_id, now_ms(), until)
+    except kafka.KafkaError as error:
+        state.m_refused.labels("revocation_unrecorded").inc()
+        log.warning("could not record the revocation of %s's send credential: %s", client_id, error)
+        raise _unavailable("could not record the revocation of the send credential; try again") from None
     state.balancer.release(client_id)
     state.control.revoke(claims, token)
     state.m_unregistered.inc()

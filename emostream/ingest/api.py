@@ -8,12 +8,18 @@ Flask, straight from the WSGI environ, for every client that sends no ``Origin``
 (the simulator, native mobile clients, server-to-server senders). Browser
 requests carry an ``Origin`` and go through Flask's routes, where CORS is applied. Both
 paths run the same :meth:`Ingest.handle`, so they answer alike.
+
+In ``token`` mode (the default) every intake request carries ``Authorization: Bearer
+<send_token>`` (:mod:`emostream.ingest.senders`): its events must all be the credential's
+client and event. In ``open`` mode (loopback only) any ``user_id`` may send without one.
+Both modes limit emoji per user and per source address.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -27,8 +33,10 @@ from emostream.http import Health, install_json_errors, metrics_response
 from emostream.ingest import metrics
 from emostream.ingest.batcher import EmojiBatcher, Offer
 from emostream.ingest.ratelimit import RateLimiter, retry_after_header
+from emostream.ingest.senders import RevocationFollower, Revocations, SenderAuth, Unauthorized
 from emostream.settings import Settings
-from emostream.wire import EmojiEvent, InvalidMessage, now_ms, validate_event
+from emostream.sources import SourcePolicy
+from emostream.wire import EmojiEvent, InvalidMessage, SendClaims, now_ms, validate_event
 
 log = logging.getLogger(__name__)
 
@@ -41,21 +49,41 @@ INTAKE_PATHS = {"/emoji": False, "/send-emoji": False, "/emojis": True}
 class Rejected(Exception):
     """A request refused with ``status``; ``reason`` labels the rejected-requests metric."""
 
-    def __init__(self, status: int, reason: str, message: str, retry_after: float | None = None):
+    def __init__(
+        self,
+        status: int,
+        reason: str,
+        message: str,
+        retry_after: float | None = None,
+        headers: dict[str, str] | None = None,
+    ):
         super().__init__(message)
         self.status = status
         self.reason = reason
         self.message = message
         self.retry_after = retry_after
+        self.headers = headers
 
 
 class Ingest:
-    """What one worker's app holds: its settings, buffer and rate limiter."""
+    """What one worker's app holds: its settings, buffer, rate limiters and sender checks."""
 
-    def __init__(self, settings: Settings, batcher: EmojiBatcher, limiter: RateLimiter):
+    def __init__(
+        self,
+        settings: Settings,
+        batcher: EmojiBatcher,
+        limiter: RateLimiter,
+        senders: SenderAuth | None = None,
+        follower: RevocationFollower | None = None,
+    ):
         self.settings = settings
         self.batcher = batcher
         self.limiter = limiter
+        # None in open mode: no credential is asked for.
+        self.senders = senders
+        self.follower = follower
+        self.source_limiter = RateLimiter(settings.rate_limit_per_source, settings.rate_burst_per_source)
+        self.sources = SourcePolicy.of(settings)
         self.emoji_types = frozenset(settings.emoji_types)
         self.skew_ms = settings.timestamp_skew_seconds * 1000
         self.max_lag = settings.ingest_max_lag_ms / 1000
@@ -68,23 +96,39 @@ class Ingest:
         """Answer one intake request: its status, JSON body and extra headers."""
         started = time.perf_counter()
         try:
+            claims = self.authenticate(environ)
             payload = read_json(environ, self.settings.max_body_bytes)
-            accepted, received_at = self.intake(payload, many)
+            accepted, received_at = self.intake(payload, many, claims, self.sources.of_environ(environ))
             # received_at tells a client which window its emoji count in.
             return 202, {"accepted": accepted, "received_at": received_at}, {}
         except Rejected as rejected:
             metrics.REJECTED.labels(rejected.reason).inc()
-            headers = {}
+            headers = dict(rejected.headers or {})
             if rejected.retry_after is not None:
                 headers["Retry-After"] = retry_after_header(rejected.retry_after)
             return rejected.status, {"error": rejected.message}, headers
         finally:
             self._request_seconds[many].observe(time.perf_counter() - started)
 
-    def intake(self, payload: Any, many: bool) -> tuple[int, int]:
+    def authenticate(self, environ: dict[str, Any]) -> SendClaims | None:
+        """The request's send credential (None in open mode), or :class:`Rejected` with 401."""
+        if self.senders is None:
+            return None
+        try:
+            return self.senders.verify(environ.get("HTTP_AUTHORIZATION"))
+        except Unauthorized as refused:
+            raise Rejected(
+                401, refused.reason, refused.message, headers={"WWW-Authenticate": 'Bearer realm="emostream"'}
+            ) from None
+
+    def intake(
+        self, payload: Any, many: bool, claims: SendClaims | None = None, source: str | None = None
+    ) -> tuple[int, int]:
         """Validate the request's emoji and buffer them all, or raise :class:`Rejected`.
 
-        Returns how many were accepted and the ``received_at`` stamped on them.
+        ``claims`` is the request's send credential (token mode), ``source`` the address a
+        per-source limit counts (None when exempt). Returns how many were accepted and the
+        ``received_at`` stamped on them.
         """
         settings = self.settings
         if many:
@@ -114,6 +158,15 @@ class Ingest:
             except InvalidMessage as error:
                 where = f"event {index}: " if many else ""
                 raise Rejected(400, "invalid_event", f"{where}{error}") from None
+        if claims is not None:
+            for index, sent in enumerate(events):
+                where = f"event {index}: " if many else ""
+                if sent.user_id != claims.client_id:
+                    raise Rejected(403, "other_client", f"{where}user_id must be the credential's client_id")
+                if sent.event_id != claims.event_id:
+                    raise Rejected(
+                        403, "other_event", f"{where}event_id must be the credential's event ({claims.event_id})"
+                    )
 
         down_for = self.batcher.stalled_for()
         if down_for >= settings.kafka_unavailable_seconds:
@@ -133,7 +186,11 @@ class Ingest:
                 retry_after=1,
             )
 
-        demand = {events[0].user_id: 1} if len(events) == 1 else Counter(event.user_id for event in events)
+        # In token mode every event is the credential's client: the limit keys on the verified id.
+        if claims is not None:
+            demand = {claims.client_id: len(events)}
+        else:
+            demand = {events[0].user_id: 1} if len(events) == 1 else Counter(event.user_id for event in events)
         wait = self.limiter.acquire(demand)
         if wait:
             raise Rejected(
@@ -142,11 +199,24 @@ class Ingest:
                 f"too many emoji from one user_id (limit {self.limiter.rate:g}/s, burst {self.limiter.burst:g})",
                 retry_after=wait,
             )
+        source_demand = {source: len(events)} if source is not None else {}
+        wait = self.source_limiter.acquire(source_demand) if source_demand else 0.0
+        if wait:
+            self.limiter.refund(demand)
+            raise Rejected(
+                429,
+                "source_rate_limited",
+                f"too many emoji from one address (limit {self.source_limiter.rate:g}/s, "
+                f"burst {self.source_limiter.burst:g})",
+                retry_after=wait,
+            )
 
         records = [(event.key, event.record_json()) for event in events]
         offered = self.batcher.offer(records)
         if offered is not Offer.ACCEPTED:
             self.limiter.refund(demand)
+            if source_demand:
+                self.source_limiter.refund(source_demand)
             if offered is Offer.CLOSED:
                 raise Rejected(503, "shutting_down", "ingest is shutting down; try again", retry_after=1)
             if offered is Offer.NOT_WRITTEN:
@@ -172,11 +242,19 @@ class Ingest:
             buffered=self.batcher.held,
             lag_seconds=round(self.batcher.lag(), 2),
             capacity=self.settings.buffer_max,
+            auth=self.settings.ingest_auth,
+            worker_pid=os.getpid(),
+            # Not part of the health verdict: ingest keeps serving while revocations catch up.
+            revocations=self.follower.status() if self.follower is not None else None,
         )
 
 
-def create_app(settings: Settings, batcher: EmojiBatcher | None = None) -> Flask:
-    """The ingest Flask app; it starts its buffer's flusher thread (one per process)."""
+def create_app(
+    settings: Settings, batcher: EmojiBatcher | None = None, follower: RevocationFollower | None = None
+) -> Flask:
+    """The ingest Flask app; it starts its buffer's flusher thread and, in token mode, its
+    revocation follower (one each per process)."""
+    settings.require_loopback_for_open_ingest()
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.ensure_ascii = False  # emoji stay readable in /emoji-types
@@ -184,13 +262,20 @@ def create_app(settings: Settings, batcher: EmojiBatcher | None = None) -> Flask
     CORS(
         app,
         resources={r"/(emoji.*|send-emoji)": {"origins": list(settings.cors_origins)}},
-        expose_headers=["Retry-After"],
+        allow_headers=["Content-Type", "Authorization"],
+        expose_headers=["Retry-After", "WWW-Authenticate"],
         max_age=600,
     )
 
     if batcher is None:
         batcher = EmojiBatcher(settings).start()
-    ingest = Ingest(settings, batcher, RateLimiter(settings.rate_limit_per_user, settings.rate_burst_per_user))
+    senders = None
+    if settings.ingest_auth == "token":
+        if follower is None:
+            follower = RevocationFollower(settings, Revocations()).start()
+        senders = SenderAuth(settings.secret, follower.revocations)
+    limiter = RateLimiter(settings.rate_limit_per_user, settings.rate_burst_per_user)
+    ingest = Ingest(settings, batcher, limiter, senders, follower)
     app.extensions[EXTENSION] = ingest
 
     @app.post("/emoji")
@@ -218,7 +303,8 @@ def create_app(settings: Settings, batcher: EmojiBatcher | None = None) -> Flask
 
     app.wsgi_app = FastIntake(app.wsgi_app, ingest)  # type: ignore[method-assign]
     log.info(
-        "ingest app ready: topic %s, flush every %d ms, buffer %d, Kafka %s",
+        "ingest app ready (%s mode): topic %s, flush every %d ms, buffer %d, Kafka %s",
+        settings.ingest_auth,
         settings.emoji_topic,
         settings.flush_interval_ms,
         settings.buffer_max,
@@ -292,4 +378,7 @@ def ingest_of(app: Flask | None = None) -> Ingest:
 
 def shutdown(app: Flask, timeout: float) -> int:
     """Flush ``app``'s buffer to Kafka before the process exits; returns emoji left in the journal instead."""
-    return ingest_of(app).batcher.close(timeout)
+    ingest = ingest_of(app)
+    if ingest.follower is not None:
+        ingest.follower.stop(timeout=1.0)
+    return ingest.batcher.close(timeout)

@@ -12,7 +12,9 @@ ACCEPTED = Counter("emostream_ingest_accepted_emoji", "Emoji accepted (answered 
 REJECTED = Counter(
     "emostream_ingest_rejected_requests",
     "Requests refused, by reason (invalid_event, bad_json, not_json, body_too_large, too_many_events, "
-    "empty_batch, wrong_shape, rate_limited, buffer_full, lagging, kafka_unavailable, shutting_down, journal_unavailable).",
+    "empty_batch, wrong_shape, no_credential, bad_credential, expired_credential, revoked_credential, other_client, "
+    "other_event, rate_limited, source_rate_limited, buffer_full, lagging, kafka_unavailable, shutting_down, "
+    "journal_unavailable).",
     ["reason"],
 )
 BUFFERED = Gauge(

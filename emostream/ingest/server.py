@@ -101,8 +101,17 @@ def _child_exit(server: Any, worker: Any) -> None:
         multiprocess.mark_process_dead(worker.pid)
 
 
+def check_auth(settings: Settings) -> None:
+    """Refuse to start where the auth mode would let strangers send: open mode, or the
+    development secret (anyone could sign a send credential with it), beyond loopback."""
+    settings.require_loopback_for_open_ingest()
+    if settings.ingest_auth == "token":
+        settings.require_secret_for(settings.ingest_host, "ingest")
+
+
 def serve(settings: Settings, **options: Any) -> None:
     """Run the ingest service until SIGTERM or Ctrl-C; every buffered emoji is flushed first."""
+    check_auth(settings)
     metrics_dir = tempfile.mkdtemp(prefix="emostream-ingest-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     if settings.ingest_worker_class == "gthread":
@@ -111,12 +120,13 @@ def serve(settings: Settings, **options: Any) -> None:
         import emostream.ingest.api  # noqa: F401
 
     log.info(
-        "ingest on http://%s:%d (%d %s workers x %d threads), Kafka %s, topic %s",
+        "ingest on http://%s:%d (%d %s workers x %d threads, %s mode), Kafka %s, topic %s",
         settings.ingest_host,
         settings.ingest_port,
         settings.ingest_workers,
         settings.ingest_worker_class,
         settings.ingest_threads,
+        settings.ingest_auth,
         settings.kafka_bootstrap,
         settings.emoji_topic,
     )
@@ -131,6 +141,7 @@ def serve_dev(settings: Settings) -> None:
     from emostream.http import tune_gc
     from emostream.ingest.api import create_app, shutdown
 
+    check_auth(settings)
     app = create_app(settings)
     tune_gc()
     # The development server has no graceful stop of its own: turn SIGTERM into a clean exit.

@@ -161,6 +161,7 @@ def acl_table(settings: Settings) -> list[Grant]:
         *_topic(s.aggregate_topic, writers=["processor"], readers=["publisher", "node"]),
         *_topic(s.dead_letter_topic, writers=["processor"]),
         *_topic(s.membership_topic, writers=["node", "manager"], readers=["registration", "manager", "publisher"]),
+        *_topic(s.revocation_topic, writers=["registration"], readers=["ingest"]),
         *_group(PROCESSOR_GROUP_PREFIX, "processor", PREFIXED),
         *_group(main_publisher_group(s), "publisher"),
         *_group(CLUSTER_PUBLISHER_GROUP_PREFIX, "cluster-publisher", PREFIXED),

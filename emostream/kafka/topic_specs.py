@@ -47,6 +47,20 @@ def topics(settings: Settings) -> list[TopicSpec]:
             1,
             isr + (("cleanup.policy", "compact"), ("min.compaction.lag.ms", "0"), ("segment.ms", "600000")),
         ),
+        # Revoked send credentials, keyed event_id|client_id: compaction keeps each client's latest.
+        # A record matters until the credentials it covers expire, so it is kept a token lifetime
+        # at least (plus a day's margin for a clock or a lifetime changed later).
+        TopicSpec(
+            settings.revocation_topic,
+            1,
+            isr
+            + (
+                ("cleanup.policy", "compact,delete"),
+                ("retention.ms", str((settings.token_ttl_seconds + 86_400) * 1000)),
+                ("min.compaction.lag.ms", "0"),
+                ("segment.ms", "3600000"),
+            ),
+        ),
         # Main publisher -> cluster publisher: what was routed to each cluster.
         *(
             TopicSpec(cluster_topic(settings, cluster), 1, isr + (("retention.ms", "3600000"),))

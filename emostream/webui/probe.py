@@ -19,7 +19,7 @@ from typing import Any
 import requests
 
 from emostream.clients.probes import ProbeLedger, Tap, sent_before
-from emostream.clients.registration import Registration, RegistrationError
+from emostream.clients.registration import Registration, RegistrationError, send_headers
 from emostream.settings import Settings
 from emostream.webui.services import short_error
 from emostream.wire import EMOJI_UPDATE, now_ms
@@ -80,6 +80,7 @@ class LatencyProbe:
         self.settings = settings
         self.ingest_url = ingest_url.rstrip("/")
         self.registration = Registration(registration_url, timeout=5)
+        self._send_headers: dict[str, str] = {}
         self.idle_seconds = idle_seconds
         self.client_id = f"dashboard-probe-{os.getpid()}"
         self.emoji = settings.emoji_types[0]
@@ -124,6 +125,7 @@ class LatencyProbe:
         import socketio  # only the dashboard's probe needs the client
 
         assignment = self.registration.register(PROBE_EVENT_ID, self.client_id)
+        self._send_headers = send_headers(assignment)
         # websocket-client sends an Origin header of the node's own address, which the node's
         # CORS list refuses: without suppress_origin the client silently stays on long-polling.
         client = socketio.Client(reconnection=False, websocket_extra_options={"suppress_origin": True})
@@ -157,7 +159,7 @@ class LatencyProbe:
         sent = time.monotonic()
         stamped = now_ms()
         event = {"user_id": self.client_id, "emoji_type": self.emoji, "timestamp": stamped, "event_id": PROBE_EVENT_ID}
-        answer = requests.post(f"{self.ingest_url}/emoji", json=event, timeout=5)
+        answer = requests.post(f"{self.ingest_url}/emoji", json=event, headers=self._send_headers, timeout=5)
         if answer.status_code != 202:
             self.state = f"ingest answered {answer.status_code}"
             return

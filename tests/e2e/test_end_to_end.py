@@ -67,6 +67,9 @@ def assert_exact(report, stack):
 def test_every_finished_window_counts_exactly_what_the_crowd_sent(stack):
     report = asyncio.run(Crowd(crowd_plan(stack)).run())
     assert_exact(report, stack)
+    # The stack's ingest is in token mode: every sender sent with its own registration's credential.
+    assert stack.settings.ingest_auth == "token"
+    assert not {"401", "403"} & report["emoji_rejected"].keys(), report["emoji_rejected"]
 
 
 def test_counts_stay_exact_when_the_processor_is_killed_mid_run(stack):

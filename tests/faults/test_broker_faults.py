@@ -137,7 +137,7 @@ def test_one_broker_of_three_killed_and_restarted_loses_and_repeats_nothing(
     stack = cluster_stack
     settings = stack.settings
     assert settings.ingest_journal
-    crowd = TracedCrowd(plan_for(settings, (stack.ingest_url,), stack.registration_url, duration=30.0))
+    crowd = TracedCrowd(plan_for(settings, (stack.ingest_url,), stack.registration_url, duration=30.0), settings)
     victim = cluster.node(leader_of(settings, settings.emoji_topic))
     others = [node for node in cluster.nodes if node.node_id != victim.node_id]
 

@@ -83,7 +83,7 @@ def cluster_stack(
 def test_counts_stay_exact_when_the_processor_on_a_spark_cluster_is_killed_and_restarted(cluster_stack: ClusterStack):
     stack = cluster_stack
     settings = stack.settings
-    crowd = TracedCrowd(plan_for(settings, (stack.ingest_url,), stack.registration_url, duration=24.0))
+    crowd = TracedCrowd(plan_for(settings, (stack.ingest_url,), stack.registration_url, duration=24.0), settings)
     health = f"http://127.0.0.1:{settings.processor_metrics_port}/healthz"
 
     async def kill_and_restart_driver() -> dict:

@@ -49,7 +49,7 @@ REFUSALS_BOUND_SECONDS = 10.0
 
 
 def crowd_for(stack: FaultStack, **changes) -> TracedCrowd:
-    return TracedCrowd(plan_for(stack.settings, (stack.pool.url,), stack.registration_url, **changes))
+    return TracedCrowd(plan_for(stack.settings, (stack.pool.url,), stack.registration_url, **changes), stack.settings)
 
 
 def test_registration_restarted_existing_viewers_are_not_disturbed_and_counts_stay_exact(fault_stack: FaultStack):

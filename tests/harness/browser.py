@@ -16,6 +16,7 @@ from pathlib import Path
 import requests
 
 from emostream.settings import ROOT, Settings
+from tests.harness.senders import send_headers
 from tests.harness.stack import Stack, unique_stack_settings
 from tests.harness.support import read_topic
 
@@ -63,7 +64,8 @@ def warm_up(stack: Stack, timeout: float = 240.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         emoji = {"user_id": "warmup", "emoji_type": "🔥", "timestamp": time.time_ns() // 1_000_000, "event_id": event}
-        requests.post(f"{stack.ingest_url}/emoji", json=emoji, timeout=10).raise_for_status()
+        headers = send_headers(stack.settings, "warmup", event)
+        requests.post(f"{stack.ingest_url}/emoji", json=emoji, headers=headers, timeout=10).raise_for_status()
         records = read_topic(
             stack.settings,
             stack.settings.aggregate_topic,

@@ -2,8 +2,8 @@
 
 The end-to-end promise under test: every emoji answered 2xx is counted exactly once in
 its window's final count. :class:`TracedCrowd` is the simulator's crowd with one change:
-each request carries a user_id of its own, so every acknowledged emoji can be found on
-``emoji_topic`` by that id. :func:`audit` then checks the promise in two steps that
+each request carries a user_id of its own (with a send credential for it, signed with the
+stack's secret), so every acknowledged emoji can be found on ``emoji_topic`` by that id. :func:`audit` then checks the promise in two steps that
 together are the whole of it:
 
 1. ingest → Kafka: every acknowledged emoji is on the topic exactly once;
@@ -32,6 +32,7 @@ from emostream import kafka
 from emostream.clients.crowd import Crowd, CrowdPlan, parse_mix
 from emostream.fanout.ops import fanout_topics
 from emostream.settings import Settings
+from tests.harness.senders import send_headers
 from tests.harness.support import read_topic
 
 # After every window has its count, how long to keep watching for counts that grow past it.
@@ -58,11 +59,12 @@ class TimedRefusals(Counter):
 class TracedCrowd(Crowd):
     """The simulator's crowd, with one user_id per request and live arrival times per viewer."""
 
-    def __init__(self, plan: CrowdPlan):
+    def __init__(self, plan: CrowdPlan, settings: Settings):
         super().__init__(plan)
         self.ledger.rejected = TimedRefusals()
+        self.settings = settings
         self._serial = itertools.count()
-        self.acked: dict[str, tuple[str, str]] = {}  # user_id -> (event_id, emoji), answered 202
+        self.acked: dict[str, tuple[str, tuple[str, ...]]] = {}  # user_id -> (event_id, its emoji), answered 202
         self.acked_at: dict[str, float] = {}  # user_id -> when the 202 arrived (epoch s)
         self.unanswered: set[str] = set()  # refused, or no answer ever came
         # viewer client_id -> arrival times of its live updates (replays on a reconnect are not counted)
@@ -87,17 +89,19 @@ class TracedCrowd(Crowd):
                 return False
         return bool(ledger.accepted_by_window)
 
+    async def _send_headers(self, session, user_id: str, event_id: str) -> dict[str, str]:
+        # A user per request: signed here rather than registered, a registration per request.
+        return send_headers(self.settings, user_id, event_id)
+
     async def _send(self, session, event_id, user_ids, emoji) -> None:
-        users = [f"{self.run_id}.{next(self._serial)}" for _ in user_ids]
-        received_at = await self._post(session, event_id, users, emoji)
+        user = f"{self.run_id}.{next(self._serial)}"
+        received_at = await self._post(session, event_id, [user] * len(user_ids), emoji)
         if received_at is None:
-            self.unanswered.update(users)
+            self.unanswered.add(user)
             return
         self.ledger.accept(event_id, emoji, received_at)
-        answered = time.time()
-        for user, kind in zip(users, emoji, strict=True):
-            self.acked[user] = (event_id, kind)
-            self.acked_at[user] = answered
+        self.acked[user] = (event_id, tuple(emoji))
+        self.acked_at[user] = time.time()
 
     def _make_viewer(self, event_id: str, client_id: str, on_update):
         def recorded(aggregate: dict[str, Any], arrived_at: float | None = None, replayed: bool = False) -> None:
@@ -182,10 +186,12 @@ def audit(settings: Settings, crowd: TracedCrowd, timeout: float = 30.0) -> dict
         return acked.keys() <= {value["user_id"] for value in mine(records)}
 
     written = mine(read_topic(settings, settings.emoji_topic, until=holds_all_acked, timeout=timeout, settle=3))
-    copies = Counter(value["user_id"] for value in written)
-    lost_in_ingest = sorted(user for user in acked if copies[user] == 0)
-    duplicated = sum(n - 1 for user, n in copies.items() if n > 1)
-    written_unacknowledged = sum(1 for user in copies if user not in acked)
+    # A request's emoji share its user_id: each must be on the topic as often as it was sent.
+    copies = Counter((value["user_id"], value["emoji_type"]) for value in written)
+    sent = Counter((user, kind) for user, (_, emoji) in acked.items() for kind in emoji)
+    lost_in_ingest = sorted({user for (user, kind), n in sent.items() if copies[(user, kind)] < n})
+    duplicated = sum(max(0, n - sent[key]) for key, n in copies.items() if key[0] in acked)
+    written_unacknowledged = sum(n for (user, _), n in copies.items() if user not in acked)
 
     window_ms = settings.window_seconds * 1000
     truth: dict[tuple[str, int], Counter[str]] = defaultdict(Counter)
@@ -213,7 +219,7 @@ def audit(settings: Settings, crowd: TracedCrowd, timeout: float = 30.0) -> dict
         viewer_windows_missing += sum(1 for final in finals.values() if not final or Counter(final["counts"]) != counts)
 
     return {
-        "emoji_acknowledged": len(acked),
+        "emoji_acknowledged": sum(sent.values()),
         "emoji_written": len(written),
         "emoji_lost": len(lost_in_ingest) + lost_in_windows,
         "emoji_extra": duplicated + extra_in_windows,

@@ -32,5 +32,6 @@ def unique_topics(settings: Settings, tag: str | None = None) -> Settings:
         aggregate_topic=f"aggregated_emoji_topic.{tag}",
         dead_letter_topic=f"emoji_dead_letter_topic.{tag}",
         membership_topic=f"emostream_subscribers.{tag}",
+        revocation_topic=f"emostream_revoked_senders.{tag}",
         cluster_topic_prefix=f"emostream_cluster.{tag}.",
     )

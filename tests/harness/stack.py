@@ -13,6 +13,7 @@ import requests
 from emostream import kafka
 from emostream.settings import ROOT, Settings
 from emostream.wire import now_ms
+from tests.harness.senders import send_headers
 from tests.harness.settings import unique_topics
 from tests.harness.support import ServiceProcess, free_port, read_topic, wait_http
 
@@ -75,7 +76,9 @@ class Stack:
             "timestamp": now_ms(),
             "event_id": event_id,
         }
-        answer = requests.post(f"{self.ingest_url}/emoji", json=body, timeout=10)
+        answer = requests.post(
+            f"{self.ingest_url}/emoji", json=body, headers=send_headers(self.settings, "warmup", event_id), timeout=10
+        )
         answer.raise_for_status()
         records = read_topic(
             self.settings,

@@ -1,4 +1,8 @@
-"""The ingest HTTP API in-process (Flask test client) with its real buffer, producer and broker."""
+"""The ingest HTTP API in-process (Flask test client) with its real buffer, producer and broker.
+
+The event contract, which both auth modes share, is tested here in open mode, where a batch may
+hold many users; what token mode adds is in tests/security/test_senders.py.
+"""
 
 from __future__ import annotations
 
@@ -37,6 +41,7 @@ def ingest_settings(base_settings: Settings, tmp_path_factory: pytest.TempPathFa
         max_body_bytes=64 * 1024,
         rate_limit_per_user=0.1,  # a token per 10 s: a test's second request cannot sneak in
         rate_burst_per_user=BURST,
+        ingest_auth="open",
     )
     create_emoji_topic(settings)
     return settings

@@ -50,6 +50,8 @@ def fault_settings(base_settings: Settings, node: BrokerNode, tmp_path: Path) ->
         ingest_workers=2,
         ingest_threads=4,
         state_dir=str(tmp_path / "state"),
+        # A user per emoji, to find each again on the topic: open mode's contract (loopback).
+        ingest_auth="open",
     )
     create_emoji_topic(settings)
     return settings

@@ -45,6 +45,9 @@ def service_settings(base_settings: Settings, tmp_path_factory: pytest.TempPathF
         ingest_workers=2,
         ingest_threads=4,
         state_dir=str(tmp_path_factory.mktemp("ingest-service-state")),
+        # Delivery across workers, with batches of many users each: open mode's contract (loopback).
+        # Credentials against the real service are tests/security/test_senders.py.
+        ingest_auth="open",
     )
     create_emoji_topic(settings)
     return settings

@@ -17,6 +17,7 @@ import requests
 
 from emostream.wire import now_ms
 from tests.harness.security import SecurityStack
+from tests.harness.senders import send_headers
 from tests.harness.support import read_topic
 
 pytestmark = pytest.mark.integration
@@ -47,6 +48,7 @@ def test_a_flooding_user_gets_429_while_every_other_users_emoji_is_accepted_and_
     def flood() -> None:
         nonlocal flood_accepted
         session = requests.Session()
+        session.headers.update(send_headers(settings, flooder))
         sent = 0
         while time.monotonic() < stop_at and sent < 2000:
             batch = [{"user_id": flooder, "emoji_type": "🔥", "timestamp": now_ms()} for _ in range(FLOOD_BATCH)]
@@ -61,6 +63,7 @@ def test_a_flooding_user_gets_429_while_every_other_users_emoji_is_accepted_and_
 
     def behave(user: str) -> None:
         session = requests.Session()
+        session.headers.update(send_headers(settings, user))
         while time.monotonic() < stop_at:
             answer = session.post(
                 stack.ingest_url + "/emoji",

@@ -4,7 +4,11 @@ Requests that fit the description (positive) and requests that break it (negativ
 to the real services over HTTP. Every answer must conform to the description (status,
 content type, body, Retry-After), no answer is a 5xx, requests that break the
 description are refused with a 4xx, and ingest writes to Kafka exactly the emoji it
-answered 202 for: nothing of a refused request, all of an accepted one.
+answered 202 for: nothing of a refused request, all of an accepted one. Ingest requests go
+with whatever ``Authorization`` the description's bearer scheme generates, or, for three in
+four requests that fit the description, a genuine send credential for the body's first event
+(so that some are accepted and the checks past the credential are fuzzed too). A request made
+to break the description keeps its header: that may be what it breaks.
 """
 
 from __future__ import annotations
@@ -26,8 +30,9 @@ from schemathesis.core import NOT_SET
 
 from emostream import kafka
 from emostream.settings import ROOT
-from emostream.wire import DEFAULT_EVENT_ID, now_ms
+from emostream.wire import CLIENT_ID_RE, DEFAULT_EVENT_ID, EVENT_ID_RE, now_ms
 from tests.harness.security import SecurityStack
+from tests.harness.senders import send_headers
 from tests.harness.support import read_topic
 
 pytestmark = pytest.mark.integration
@@ -147,6 +152,28 @@ def make_some_timestamps_current(case: Any, variant: int) -> None:
             event["timestamp"] = now_ms()
 
 
+def with_send_credentials(settings, mode: GenerationMode):
+    """Current timestamps for some cases, and (positive cases only) a genuine credential for the
+    first event's client for three in four."""
+
+    def prepare(case: Any, variant: int) -> None:
+        make_some_timestamps_current(case, variant)
+        if mode is not GenerationMode.POSITIVE or variant == 3 or case.body is NOT_SET:
+            return
+        events = case.body if isinstance(case.body, list) else [case.body]
+        first = events[0] if events and isinstance(events[0], dict) else {}
+        user_id, event_id = first.get("user_id"), first.get("event_id", DEFAULT_EVENT_ID)
+        if (
+            isinstance(user_id, str)
+            and isinstance(event_id, str)
+            and CLIENT_ID_RE.fullmatch(user_id)
+            and EVENT_ID_RE.fullmatch(event_id)
+        ):
+            case.headers = {**(case.headers or {}), **send_headers(settings, user_id, event_id)}
+
+    return prepare
+
+
 def test_ingest_answers_every_described_and_malformed_request_per_its_description_and_writes_only_what_it_accepted(
     security_stack: SecurityStack,
 ):
@@ -169,7 +196,9 @@ def test_ingest_answers_every_described_and_malformed_request_per_its_descriptio
         operation = schema[path][method]
         modes = [GenerationMode.POSITIVE] + ([GenerationMode.NEGATIVE] if method == "POST" else [])
         for mode in modes:
-            fuzz_operation(operation, mode, stack.ingest_url, tally, count_accepted, make_some_timestamps_current)
+            fuzz_operation(
+                operation, mode, stack.ingest_url, tally, count_accepted, with_send_credentials(stack.settings, mode)
+            )
 
     expected = sum(tally.accepted.values())
 

@@ -294,6 +294,9 @@ def test_an_unexpected_error_is_a_bare_500_without_details_and_debug_is_off(tmp_
         def revoke(self, claims, token):  # pragma: no cover - not used here
             pass
 
+        def revoke_sender(self, client_id, event_id, revoked_at, until):  # pragma: no cover - not used here
+            pass
+
     ingest = create_ingest_app(
         settings, batcher=EmojiBatcher(settings, producer_factory=lambda: None, probe=lambda: True)
     )

@@ -145,3 +145,68 @@ def test_settled_windows_keep_their_verdicts_and_drop_their_details(viewers):
     assert before["windows_checked"] == 4 and before["windows_exact"] == 3 and before["emoji_lost"] == 1
     assert set(ledger.accepted_by_window) == {("final", 6000)}
     assert all(set(seen) <= {("final", 6000)} for seen in ledger.final_by_viewer.values())
+
+
+class RecordingService:
+    """Registration and ingest in one: hands out send credentials (or none, as an older
+    registration did) and keeps the Authorization header and sender of every emoji request."""
+
+    def __init__(self, with_send_token: bool):
+        self.with_send_token = with_send_token
+        self.registered: list[tuple[str, str]] = []
+        self.sent: list[tuple[str | None, str, str]] = []  # (Authorization, user_id, event_id)
+
+    async def register(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self.registered.append((body["client_id"], body["event_id"]))
+        answer = {
+            "client_id": body["client_id"],
+            "event_id": body["event_id"],
+            "cluster": 0,
+            "subscriber": "c0-s0",
+            "url": "http://127.0.0.1:9",
+            "token": "t",
+        }
+        if self.with_send_token:
+            answer["send_token"] = f"send-{body['client_id']}-{body['event_id']}"
+        return web.json_response(answer)
+
+    async def emoji(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        for item in body if isinstance(body, list) else [body]:
+            self.sent.append((request.headers.get("Authorization"), item["user_id"], item["event_id"]))
+        return web.json_response({"accepted": 1, "received_at": now_ms()}, status=202)
+
+
+@pytest.mark.parametrize("with_send_token", [True, False])
+def test_each_sender_sends_with_the_credential_of_its_own_registration_or_none_from_an_older_service(
+    with_send_token,
+):
+    async def scenario():
+        service = RecordingService(with_send_token)
+        app = web.Application()
+        app.router.add_post("/register", service.register)
+        app.router.add_post("/emoji", service.emoji)
+        app.router.add_post("/emojis", service.emoji)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+        try:
+            changes = dict(registration_url=url, rate=100.0, duration=1.5, events=("final", "semi"), batch=3, senders=4)
+            crowd = Crowd(plan(url, **changes), viewer_factory=SilentViewer)
+            report = await asyncio.wait_for(crowd.run(), timeout=60)
+            return service, report
+        finally:
+            await runner.cleanup()
+
+    service, report = asyncio.run(scenario())
+
+    assert report["emoji_accepted"] == len(service.sent) > 0
+    # One registration per sender and event, however many requests it sent.
+    assert len(service.registered) == len(set(service.registered)) <= 4 * 2
+    for authorization, user_id, event_id in service.sent:
+        assert (user_id, event_id) in service.registered
+        expected = f"Bearer send-{user_id}-{event_id}" if with_send_token else None
+        assert authorization == expected

@@ -6,19 +6,27 @@ import time
 
 import pytest
 from flask import Blueprint
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from emostream.fanout.membership import Membership, NodeState
 from emostream.fanout.registration import ViewerControl, create_app
+from emostream.kafka import KafkaUnavailable
 from emostream.settings import Settings
-from emostream.wire import TokenClaims, issue_token, now_ms, verify_token
+from emostream.wire import InvalidMessage, TokenClaims, issue_token, now_ms, verify_send_token, verify_token
 
 
 class RecordingControl(ViewerControl):
     def __init__(self):
         self.revoked: list[tuple[TokenClaims, str]] = []
+        self.revoked_senders: list[tuple[str, str, int, int]] = []
 
     def revoke(self, claims, token):
         self.revoked.append((claims, token))
+
+    def revoke_sender(self, client_id, event_id, revoked_at, until):
+        self.revoked_senders.append((client_id, event_id, revoked_at, until))
 
 
 @pytest.fixture
@@ -199,3 +207,105 @@ def test_unregister_refuses_a_client_id_with_a_trailing_newline_or_control_chara
     response = client.post("/unregister", json={"client_id": "phone-1" + suffix, "token": token})
 
     assert response.status_code == 400
+
+
+# --------------------------------------------------------------------------- send credentials
+
+
+def test_register_answers_a_send_credential_for_the_same_client_and_event(client, settings):
+    before_ms = now_ms()
+    body = client.post("/register", json={"client_id": "phone-1", "event_id": "final"}).get_json()
+
+    claims = verify_send_token(settings.secret, body["send_token"])
+    assert (claims.client_id, claims.event_id, claims.expires_at) == ("phone-1", "final", body["expires_at"])
+    assert before_ms <= claims.issued_at <= now_ms()
+    # Neither token passes for the other: they are signed with different salts.
+    with pytest.raises(InvalidMessage):
+        verify_token(settings.secret, body["send_token"])
+    with pytest.raises(InvalidMessage):
+        verify_send_token(settings.secret, body["token"])
+
+
+def test_unregister_revokes_the_send_credentials_of_that_client_and_event_issued_so_far(client, control, settings):
+    body = client.post("/register", json={"client_id": "phone-1", "event_id": "final"}).get_json()
+    issued_at = verify_send_token(settings.secret, body["send_token"]).issued_at
+
+    client.post("/unregister", json={"client_id": "phone-1", "token": body["token"]})
+
+    [(client_id, event_id, revoked_at, until)] = control.revoked_senders
+    assert (client_id, event_id) == ("phone-1", "final")
+    assert issued_at <= revoked_at <= now_ms()
+    assert until >= body["expires_at"]  # kept until every credential it covers has expired
+
+
+def test_unregister_answers_503_and_keeps_the_slot_when_the_revocation_cannot_be_recorded(settings, members):
+    class Unreachable(RecordingControl):
+        def revoke_sender(self, client_id, event_id, revoked_at, until):
+            raise KafkaUnavailable("no broker")
+
+    control = Unreachable()
+    client = create_app(settings, membership=members, control=control).test_client()
+    body = client.post("/register", json={"client_id": "phone-1"}).get_json()
+
+    response = client.post("/unregister", json={"client_id": "phone-1", "token": body["token"]})
+
+    assert response.status_code == 503
+    assert "revocation" in response.get_json()["error"]
+    assert control.revoked == []  # the viewer token too stays until a retry succeeds
+
+
+def test_registrations_are_limited_per_source_address_behind_a_trusted_proxy(settings, members, control):
+    limited = settings.replace(
+        trusted_proxies=("127.0.0.1/32",), registrations_per_source=0.01, registration_burst_per_source=3
+    )
+    client = create_app(limited, membership=members, control=control).test_client()
+
+    def register(forwarded_for):
+        return client.post("/register", json={}, headers={"X-Forwarded-For": forwarded_for})
+
+    answers = [register("198.51.100.7").status_code for _ in range(4)]
+    assert answers == [200, 200, 200, 429]
+    refused = register("198.51.100.7")
+    assert refused.status_code == 429 and int(refused.headers["Retry-After"]) >= 1
+    assert "address" in refused.get_json()["error"]
+    # Another address behind the same proxy, and the proxy's own (loopback, exempt), still register;
+    # what the client wrote left of the proxy's entry does not make it another source.
+    assert register("198.51.100.8").status_code == 200
+    assert register("203.0.113.1, 198.51.100.7").status_code == 429
+    assert client.post("/register", json={}).status_code == 200
+
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=80),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4),
+    max_leaves=12,
+)
+
+
+@hypothesis_settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    body=st.one_of(
+        st.fixed_dictionaries(
+            {},
+            optional={
+                "client_id": _json_values | st.from_regex(r"[A-Za-z0-9_.:@-]{1,70}", fullmatch=True),
+                "event_id": _json_values | st.from_regex(r"[A-Za-z0-9_.|-]{1,70}", fullmatch=True),
+            },
+        ),
+        _json_values,
+    )
+)
+def test_any_registration_body_gets_a_credential_for_exactly_its_fields_or_a_4xx(client, settings, body):
+    response = client.post("/register", json=body)
+
+    assert response.status_code in (200, 400), response.get_data(as_text=True)
+    if response.status_code == 400:
+        assert response.get_json()["error"]
+        return
+    answer = response.get_json()
+    claims = verify_send_token(settings.secret, answer["send_token"])
+    assert (claims.client_id, claims.event_id) == (answer["client_id"], answer["event_id"])
+    if isinstance(body, dict) and body.get("client_id") is not None:  # null: the service picks one
+        assert claims.client_id == body["client_id"]
+    if isinstance(body, dict) and "event_id" in body:
+        assert claims.event_id == body["event_id"]

@@ -153,11 +153,16 @@ def test_the_local_secured_broker_supplies_the_credentials_and_ca_by_default(tmp
     assert settings.local_kafka_home == tmp_path / "kafka-secured"
 
 
-def test_ingest_may_only_write_the_emoji_topic():
+def test_ingest_may_only_write_the_emoji_topic_and_read_the_revocations():
     settings = Settings.from_env(environ={})
     ingest = {(g.resource, g.name, g.operation) for g in security.acl_table(settings) if g.service == "ingest"}
 
-    assert ingest == {("TOPIC", settings.emoji_topic, "WRITE"), ("TOPIC", settings.emoji_topic, "DESCRIBE")}
+    assert ingest == {
+        ("TOPIC", settings.emoji_topic, "WRITE"),
+        ("TOPIC", settings.emoji_topic, "DESCRIBE"),
+        ("TOPIC", settings.revocation_topic, "READ"),
+        ("TOPIC", settings.revocation_topic, "DESCRIBE"),
+    }
 
 
 def test_only_the_processor_may_write_aggregates_and_only_publishers_route_them():
@@ -172,4 +177,5 @@ def test_only_the_processor_may_write_aggregates_and_only_publishers_route_them(
     assert writers(f"{settings.cluster_topic_prefix}0") == {"publisher"}
     assert writers(f"{settings.cluster_topic_prefix}0_socketio") == {"cluster-publisher", "registration"}
     assert writers(settings.membership_topic) == {"node", "manager"}
+    assert writers(settings.revocation_topic) == {"registration"}
     assert all(g.service != "admin" for g in table)  # a super user, by the broker's configuration

@@ -258,6 +258,7 @@
       return null;
     }
     state.registration = registration;
+    sendTaps(); // taps made while registering
     return registration;
   }
 
@@ -410,13 +411,28 @@
     sendTaps();
   }
 
+  /** JSON, with the registration's send credential when the service handed one out. */
+  function sendHeaders(registration) {
+    const headers = { "Content-Type": "application/json" };
+    if (typeof registration.send_token === "string" && registration.send_token) {
+      headers.Authorization = `Bearer ${registration.send_token}`;
+    }
+    return headers;
+  }
+
   /** One request at a time; taps made meanwhile go together as one POST /emojis. */
   async function sendTaps() {
     if (state.sending || !state.queue.length) return;
+    // Taps go with the send credential of the current registration, which names one event:
+    // until the page is registered they wait; taps of an event left meanwhile are dropped.
+    const registration = state.registration;
+    if (!registration) return;
+    state.queue = state.queue.filter((t) => t.eventId === registration.event_id);
+    if (!state.queue.length) return;
     state.sending = true;
     const batch = state.queue.splice(0, state.config.batch_max_events || 100);
     const events = batch.map((t) => ({
-      user_id: state.clientId,
+      user_id: registration.client_id,
       emoji_type: t.emoji,
       timestamp: t.timestamp,
       event_id: t.eventId,
@@ -429,7 +445,7 @@
         `${state.config.ingest_url}${single ? "/emoji" : "/emojis"}`,
         {
           method: "POST",
-          headers: { "Content-Type": "application/json" },
+          headers: sendHeaders(registration),
           body: JSON.stringify(single ? events[0] : events),
           mode: "cors",
         },
