@@ -264,28 +264,39 @@ class ProgressListener(JsonProgressListener):
 
 
 class WarmUp:
-    """A standby's warm-up query (job.start_warm_up), stopped after a few batches or on takeover."""
+    """A standby's warm-up (job.start_warm_up, then job.warm_up_kafka now and then), on a thread of its own.
+
+    The thread leaves the standby's main thread free to take the lock the moment it is free.
+    """
 
     def __init__(self, spark: SparkSession, settings: Settings):
         self.spark = spark
         self.settings = settings
-        self.kafka_warmed_at: float | None = None
-        # Beside the checkpoint, where executors can write too; removed when the warm-up stops.
+        # Beside the checkpoint, where executors can write too; removed when the warm-up query stops.
         self.location = f"{settings.checkpoint_dir.rstrip('/')}.warm-up-{uuid.uuid4().hex[:8]}"
-        self.query = start_warm_up(spark, settings, self.location)
         self.started = time.monotonic()
         self.batches = 0
         self.done = False
+        self._stopped = threading.Event()
+        self._query_lock = threading.Lock()
+        self.query: StreamingQuery | None = start_warm_up(spark, settings, self.location)
+        self._thread = threading.Thread(target=self._run, name="standby-warm-up", daemon=True)
+        self._thread.start()
 
-    def poll(self) -> None:
-        if self.done:
-            if self.kafka_warmed_at is None or time.monotonic() - self.kafka_warmed_at > KAFKA_WARM_UP_EVERY_SECONDS:
-                self.kafka_warmed_at = time.monotonic()
+    def _run(self) -> None:
+        kafka_warmed_at: float | None = None
+        while not self._stopped.wait(0.5):
+            if not self.done:
+                self._follow_query()
+            elif kafka_warmed_at is None or time.monotonic() - kafka_warmed_at > KAFKA_WARM_UP_EVERY_SECONDS:
+                kafka_warmed_at = time.monotonic()
                 try:
                     warm_up_kafka(self.spark, self.settings)
                 except Exception as error:  # the broker may be away; the query will say so if it still is
-                    log.warning("warm-up of the Kafka connector: %s", error)
-            return
+                    if not self._stopped.is_set():
+                        log.warning("warm-up of the Kafka sink: %s", error)
+
+    def _follow_query(self) -> None:
         try:
             progress = self.query.recentProgress
             self.batches = sum(1 for p in progress if p.numInputRows > 0)
@@ -294,19 +305,21 @@ class WarmUp:
             log.warning("warm-up: %s", error)
             finished = True
         if finished or time.monotonic() - self.started > WARM_UP_SECONDS:
-            self.stop()
-            log.info("standby warm: %d micro-batches of made-up emoji in %.1f s", self.batches, self.seconds)
+            self._stop_query()
+            self.done = True
+            log.info(
+                "standby warm: %d micro-batches of made-up emoji in %.0f s",
+                self.batches,
+                time.monotonic() - self.started,
+            )
 
-    @property
-    def seconds(self) -> float:
-        return time.monotonic() - self.started
-
-    def stop(self) -> None:
-        if self.done:
+    def _stop_query(self) -> None:
+        with self._query_lock:
+            query, self.query = self.query, None
+        if query is None:
             return
-        self.done = True
         try:
-            self.query.stop()
+            query.stop()
         except Exception as error:
             log.debug("stopping the warm-up: %s", error)
         try:
@@ -314,6 +327,10 @@ class WarmUp:
             path.getFileSystem(self.spark._jsc.hadoopConfiguration()).delete(path, True)
         except Exception as error:
             log.debug("removing %s: %s", self.location, error)
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._stop_query()
 
 
 class Processor:
@@ -471,8 +488,6 @@ class Processor:
         """
         while not stop.wait(LOCK_POLL_SECONDS if self.role == STANDBY else 0.5):
             if self.role == STANDBY:
-                if self.warm_up is not None:
-                    self.warm_up.poll()
                 self.take_over_if_free()
                 continue
             if not self.listener.status.active or not self._active():
