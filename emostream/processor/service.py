@@ -306,6 +306,8 @@ class WarmUp:
             finished = True
         if finished or time.monotonic() - self.started > WARM_UP_SECONDS:
             self._stop_query()
+            # A full collection lets the JVM give back the heap the warm-up grew: a standby waits small.
+            self.spark._jvm.java.lang.System.gc()
             self.done = True
             log.info(
                 "standby warm: %d micro-batches of made-up emoji in %.0f s",
