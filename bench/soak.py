@@ -19,8 +19,9 @@ tables, then, as its last line:
 
     soak: minutes=<m> faults=<n> lost=<n> twice=<n> missing=<n> rss_growth_mb=<largest service>
 
-``rss_growth_mb`` is the largest growth of one service's memory from its first sample to its
-last, within one process (a restarted service starts again from its new process). ``lost`` and
+``rss_growth_mb`` is the largest growth of one service's memory within its last process, from a
+minute and a half after that process appeared to the end (a restarted service starts again from
+its new process, once started). ``lost`` and
 ``twice`` add what ingest acknowledged but Kafka lacks (or holds twice) to what the viewers' final
 counts lack (or hold beyond what was acknowledged); ``missing`` counts viewer windows without the
 exact final count.
@@ -65,6 +66,7 @@ from tests.harness.stack import running_stack
 from tests.harness.support import free_port, metric_of, wait_healthy
 
 SAMPLE_EVERY_SECONDS = 10.0
+STARTUP_SECONDS = 90.0  # a process's memory from this long after it first appears counts towards its growth
 FAULT_KINDS = ("processor", "ingest instance", "subscriber node", "registration", "broker")
 
 
@@ -131,8 +133,9 @@ class Samples:
         self.stack = stack
         self.broker = broker
         self.started = time.monotonic()
-        # service -> [(minutes, pid, MB)]
+        # service -> [(minutes, pid, MB)]; a processor's pid moves between the two keys on a takeover
         self.rss: dict[str, list[tuple[float, int, float]]] = defaultdict(list)
+        self.first_seen: dict[int, float] = {}  # pid -> minutes
         self.state: list[dict] = []
         self.lag: list[dict] = []
 
@@ -155,6 +158,7 @@ class Samples:
                     pass
             if rss:
                 self.rss[name].append((minutes, pid, rss / 2**20))
+                self.first_seen.setdefault(pid, minutes)
         settings = self.stack.settings
         try:
             rows = metric_of(
@@ -179,14 +183,16 @@ class Samples:
     def memory_table(self) -> list[tuple[str, float, float, float, float, int]]:
         """(service, start MB, end MB, growth MB, slope MB/min, processes seen) per service.
 
-        Growth and slope are those of the service's last process (since its last restart, if any):
-        a restart is not a leak, and a process that took over another's work is not the same one.
+        Growth and slope are those of the service's last process (since its last restart, if any), from
+        STARTUP_SECONDS after that process first appeared: a restart is not a leak, and neither is a
+        JVM filling in its heap as it starts.
         """
         rows = []
         for name, series in self.rss.items():
             last_pid = series[-1][1]
-            current = [(m, mb) for m, pid, mb in series if pid == last_pid]
-            growth = current[-1][1] - current[0][1]
+            settled = self.first_seen[last_pid] + STARTUP_SECONDS / 60
+            current = [(m, mb) for m, pid, mb in series if pid == last_pid and m >= settled]
+            growth = current[-1][1] - current[0][1] if current else 0.0
             rows.append((name, series[0][2], series[-1][2], growth, slope(current), len({pid for _, pid, _ in series})))
         return rows
 
