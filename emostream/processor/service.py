@@ -297,10 +297,13 @@ class WarmUp:
                         log.warning("warm-up of the Kafka sink: %s", error)
 
     def _follow_query(self) -> None:
+        query = self.query
+        if query is None:  # stopped by a takeover
+            return
         try:
-            progress = self.query.recentProgress
+            progress = query.recentProgress
             self.batches = sum(1 for p in progress if p.numInputRows > 0)
-            finished = self.batches >= WARM_UP_BATCHES or not self.query.isActive
+            finished = self.batches >= WARM_UP_BATCHES or not query.isActive
         except Exception as error:
             log.warning("warm-up: %s", error)
             finished = True
