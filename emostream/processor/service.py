@@ -403,7 +403,7 @@ class Processor:
         self.ops = self._ops(settings.processor_metrics_port, PORT_WAIT_SECONDS if self.took_over_at else 0.0)
         log.info(
             "counting %s into %s (dead letters: %s); %d s windows, trigger %d ms, watermark %d ms, "
-            "checkpoint %s (through %s, lock %s); /healthz and /metrics on %s:%d",
+            "checkpoint %s (through %s), lock %s; /healthz and /metrics on %s:%d",
             settings.emoji_topic,
             settings.aggregate_topic,
             settings.dead_letter_topic,
