@@ -186,8 +186,10 @@ def running_stack(
         if ready is not None:
             ready(stack)
     except Exception:
-        print(stack.logs())
-        stack.stop()
+        try:
+            print(stack.logs())
+        finally:  # even when the logs cannot be read, nothing it started is left running
+            stack.stop()
         raise
     try:
         yield stack
