@@ -190,6 +190,17 @@ class Settings:
     checkpoint_dir: str = _doc(
         "Checkpoint folder of the streaming query.", str(ROOT / "state" / "checkpoints" / "processor")
     )
+    processor_standby: bool = _doc(
+        "`make run` starts a second processor that waits, warm, and takes over counting within seconds "
+        "when the active one dies; it costs a second Spark driver JVM (see docs/deployment.md).",
+        True,
+    )
+    processor_lock_file: str = _doc(
+        "File the active processor holds an exclusive lock on, so that one query at a time runs on the "
+        "checkpoint; empty means the checkpoint folder's path plus `.lock` (a local checkpoint) or "
+        "`processor.lock` in the state folder.",
+        "",
+    )
 
     # Fan-out
     registration_host: str = _doc("Address the registration service listens on.", "127.0.0.1")
@@ -239,7 +250,10 @@ class Settings:
     ops_host: str = _doc(
         "Address of the processor's, the publishers' and the manager's /healthz and /metrics.", "127.0.0.1"
     )
-    processor_metrics_port: int = _doc("Port of the processor's /healthz and /metrics.", 5100)
+    processor_metrics_port: int = _doc("Port of the active processor's /healthz and /metrics.", 5100)
+    processor_standby_metrics_port: int = _doc(
+        "Port of /healthz and /metrics of a processor waiting as the standby; 0 picks a free port.", 5103
+    )
     pubsub_metrics_port: int = _doc("Port of the main publisher's /healthz and /metrics.", 5101)
     manager_port: int = _doc("Port of the subscriber manager's /healthz and /metrics.", 5102)
     state_dir: str = _doc("Folder of local state: broker data, logs, pids, checkpoints.", str(ROOT / "state"))

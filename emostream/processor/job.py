@@ -17,7 +17,7 @@ from pyspark.sql import functions as F
 
 from emostream.kafka.security import spark_kafka_options
 from emostream.kafka.topic_specs import PROCESSOR_GROUP_PREFIX
-from emostream.processor import ACCEPTED, COUNTS_OBSERVATION, QUERY_NAME
+from emostream.processor import ACCEPTED, COUNTS_OBSERVATION, QUERY_NAME, WARM_UP_QUERY_NAME
 from emostream.processor.transforms import (
     REASONS,
     aggregate,
@@ -31,7 +31,7 @@ from emostream.settings import Settings
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
-    from pyspark.sql.streaming import StreamingQuery
+    from pyspark.sql.streaming import DataStreamWriter, StreamingQuery
 
     from emostream.processor.dead_letters import Offsets
 
@@ -40,6 +40,11 @@ log = logging.getLogger("emostream.processor.dead_letters")
 
 def start_query(spark: SparkSession, settings: Settings) -> StreamingQuery:
     """Source → parse → aggregate → sink, as a streaming query named :data:`QUERY_NAME`."""
+    return query_writer(spark, settings).start()
+
+
+def query_writer(spark: SparkSession, settings: Settings) -> DataStreamWriter:
+    """The query of :func:`start_query`, built but not started (a standby builds it while it waits)."""
     records = (
         spark.readStream.format("kafka")
         .option("kafka.bootstrap.servers", settings.kafka_bootstrap)
@@ -67,13 +72,7 @@ def start_query(spark: SparkSession, settings: Settings) -> StreamingQuery:
 
     parsed = parse_records(records, settings)
     # Poison is only counted here; write_dead_letters writes it out (dead_letters.py says why).
-    counted = parsed.observe(
-        COUNTS_OBSERVATION,
-        F.count_if(F.col("reason").isNull()).alias(ACCEPTED),
-        *[F.count_if(F.col("reason") == reason).alias(reason) for reason in REASONS],
-    )
-
-    aggregates = aggregate(valid_events(counted), settings)
+    aggregates = aggregate(valid_events(observe_counts(parsed)), settings)
 
     # Update mode: each micro-batch rewrites the windows it changed with their counts so
     # far, so viewers see a window fill up; the key makes a replayed record an overwrite.
@@ -87,7 +86,72 @@ def start_query(spark: SparkSession, settings: Settings) -> StreamingQuery:
         .option("checkpointLocation", checkpoint(settings, "aggregates"))
         .outputMode("update")
         .trigger(processingTime=f"{settings.trigger_ms} milliseconds")
+    )
+
+
+def observe_counts(parsed: DataFrame) -> DataFrame:
+    """``parsed`` with its accepted and rejected counts reported in each micro-batch's progress."""
+    return parsed.observe(
+        COUNTS_OBSERVATION,
+        F.count_if(F.col("reason").isNull()).alias(ACCEPTED),
+        *[F.count_if(F.col("reason") == reason).alias(reason) for reason in REASONS],
+    )
+
+
+def start_warm_up(spark: SparkSession, settings: Settings, location: str) -> StreamingQuery:
+    """The aggregate query's transforms over made-up emoji, into no sink: a standby's warm-up.
+
+    Spark's rate source stands in for Kafka so that every batch has rows, and the same parse,
+    windowed count and record building run in micro-batches with a state store of their own
+    (at ``location``): the classes, generated code and JIT-compiled paths the real query needs
+    are ready when the standby takes over. Nothing is written anywhere.
+    """
+    kinds = F.array(*[F.lit(emoji) for emoji in settings.emoji_types])
+    made_up = spark.readStream.format("rate").option("rowsPerSecond", "200").load()
+    now = F.unix_millis("timestamp")
+    records = made_up.select(
+        F.lit(None).cast("binary").alias("key"),
+        F.to_json(
+            F.struct(
+                F.concat(F.lit("warm-up-"), F.col("value").cast("string")).alias("user_id"),
+                F.element_at(kinds, (F.col("value") % len(settings.emoji_types) + 1).cast("int")).alias("emoji_type"),
+                now.alias("timestamp"),
+                F.lit("warm-up").alias("event_id"),
+                now.alias("received_at"),
+            )
+        )
+        .cast("binary")
+        .alias("value"),
+        F.lit(settings.emoji_topic).alias("topic"),
+        F.lit(0).alias("partition"),
+        F.col("value").alias("offset"),
+    )
+    aggregates = aggregate(valid_events(observe_counts(parse_records(records, settings))), settings)
+    return (
+        aggregate_records(aggregates)
+        .writeStream.queryName(WARM_UP_QUERY_NAME)
+        .format("noop")
+        .option("checkpointLocation", location)
+        .outputMode("update")
+        .trigger(processingTime=f"{settings.trigger_ms} milliseconds")
         .start()
+    )
+
+
+def warm_up_kafka(spark: SparkSession, settings: Settings) -> None:
+    """Write no records to the aggregate topic, as the query would: a standby's warm-up of the sink.
+
+    Connects a producer with the sink's own configuration, which Spark keeps in its producer
+    pool for the query to reuse while it is fresh.
+    """
+    (
+        spark.range(1)
+        .where("id < 0")
+        .selectExpr("CAST(NULL AS STRING) AS key", "CAST(NULL AS STRING) AS value")
+        .write.format("kafka")
+        .option("kafka.bootstrap.servers", settings.kafka_bootstrap)
+        .option("topic", settings.aggregate_topic)
+        .save()
     )
 
 

@@ -1,5 +1,9 @@
 """The processor as a program: ``python3 emoji_processor.py``, ``bin/spark-submit emoji_processor.py``
-or ``emostream-processor``. SIGTERM or Ctrl-C stops it; the checkpoint keeps its place."""
+or ``emostream-processor``. SIGTERM or Ctrl-C stops it; the checkpoint keeps its place.
+
+Started while another processor counts on the same checkpoint, it waits as that one's standby
+and takes over when it dies (service.py).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import errno
 import logging
 import signal
 import threading
+import time
 import warnings
 from typing import TYPE_CHECKING
 
@@ -20,6 +25,8 @@ if TYPE_CHECKING:
     from emostream.processor.service import Processor
 
 log = logging.getLogger("emostream.processor")
+
+STANDBY_SETTLE_SECONDS = 20.0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,10 +51,14 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGINT, request_stop)
 
     # Spark only now: --help and a bad setting answer without starting a JVM.
-    from emostream.processor.service import Processor
+    from emostream.processor.service import STANDBY, Processor
     from emostream.processor.spark import session
 
     take_signals()
+    let_a_takeover_settle(settings, stop)
+    if stop.is_set():
+        log.info("processor stopped")
+        return 0
     try:
         spark = session(settings)
     except KeyboardInterrupt:  # Ctrl-C while pyspark's own SIGINT handler was in place (see below)
@@ -63,15 +74,39 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as error:
         if error.errno != errno.EADDRINUSE:
             raise
-        log.error(
-            "port %d of /healthz and /metrics is taken (EMOSTREAM_PROCESSOR_METRICS_PORT)",
-            settings.processor_metrics_port,
+        port, name = (
+            (settings.processor_standby_metrics_port, "EMOSTREAM_PROCESSOR_STANDBY_METRICS_PORT")
+            if processor.role == STANDBY
+            else (settings.processor_metrics_port, "EMOSTREAM_PROCESSOR_METRICS_PORT")
         )
+        log.error("port %d of /healthz and /metrics is taken (%s)", port, name)
         code = 1
     finally:
         stop_spark(spark, processor)
     log.info("processor stopped")
     return code
+
+
+def let_a_takeover_settle(settings: Settings, stop: threading.Event) -> None:
+    """Start as the standby only once the active processor has counted for a while.
+
+    A supervisor restarts a killed processor within seconds, just as its standby takes over: a
+    new driver JVM and its warm-up would then take the CPU from the new active processor's first
+    micro-batches, the very ones that end the outage.
+    """
+    from emostream.processor.lock import held_by_another, lock_path
+
+    holder = held_by_another(lock_path(settings))
+    if holder is None:
+        return
+    wait = STANDBY_SETTLE_SECONDS - (time.time() - float(holder.get("since") or 0))
+    if wait > 0:
+        log.info(
+            "the active processor took the lock %.0f s ago: starting as its standby in %.0f s",
+            time.time() - holder["since"],
+            wait,
+        )
+        stop.wait(wait)
 
 
 def stop_spark(spark: SparkSession, processor: Processor) -> None:

@@ -4,6 +4,12 @@ A StreamingQueryListener turns each micro-batch's progress into Prometheus metri
 summary log line every few seconds, and work for the dead-letter writer; an
 :class:`~emostream.http.OpsServer` answers ``/healthz`` and ``/metrics``; :class:`Processor`
 owns the query: built, then ``start()``-ed, and stopped on request.
+
+Several processors may run on one checkpoint: the one holding the checkpoint's lock (lock.py)
+is active and counts; the others wait as standbys, their SparkSession started and warmed on
+made-up emoji, polling the lock. When the active one dies the kernel frees the lock, and a
+standby takes it and starts the query from the checkpoint: a second or two, where starting a
+new processor took a JVM, a session and cold first batches.
 """
 
 from __future__ import annotations
@@ -11,8 +17,10 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -24,17 +32,25 @@ from pyspark.sql.streaming.listener import JStreamingQueryListener, QueryProgres
 from emostream.http import OK, STARTING, UNAVAILABLE, Health, OpsServer
 from emostream.processor import ACCEPTED, COUNTS_OBSERVATION, QUERY_NAME
 from emostream.processor.dead_letters import BatchRange, DeadLetterWriter, PositionFile, offsets
-from emostream.processor.job import checkpoint, start_query, write_dead_letters
+from emostream.processor.job import checkpoint, query_writer, start_warm_up, warm_up_kafka, write_dead_letters
+from emostream.processor.lock import CheckpointLock, lock_path
 from emostream.settings import Settings
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
-    from pyspark.sql.streaming import StreamingQuery
+    from pyspark.sql.streaming import DataStreamWriter, StreamingQuery
     from pyspark.sql.streaming.listener import StreamingQueryProgress
 
 log = logging.getLogger("emostream.processor")
 
 SUMMARY_EVERY_SECONDS = 10.0
+ACTIVE = "active"
+STANDBY = "standby"
+LOCK_POLL_SECONDS = 0.1
+WARM_UP_BATCHES = 8  # micro-batches with rows before the warm-up query stops
+WARM_UP_SECONDS = 120.0  # and at the latest after this long (a cluster may have no cores to give)
+KAFKA_WARM_UP_EVERY_SECONDS = 240.0  # within the life of Spark's idle pooled producers
+PORT_WAIT_SECONDS = 30.0  # a stopping predecessor may still hold the active port for a moment
 BATCH_SECONDS_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0)
 
 
@@ -79,6 +95,16 @@ class ProcessorMetrics:
             "emostream_processor_state_rows", "Open (event, window) counters held in Spark's state.", registry=r
         )
         self.query_up = Gauge("emostream_processor_query_up", "1 while the streaming query runs.", registry=r)
+        self.active = Gauge(
+            "emostream_processor_active",
+            "1 while this processor holds the checkpoint's lock, 0 as the standby.",
+            registry=r,
+        )
+        self.takeover_seconds = Gauge(
+            "emostream_processor_takeover_seconds",
+            "From taking the lock as the standby to the first micro-batch of the query.",
+            registry=r,
+        )
 
 
 @dataclass
@@ -215,7 +241,14 @@ class ProgressListener(JsonProgressListener):
         elapsed = time.monotonic() - summary.started
         if first:
             how = "resumed from the checkpoint" if progress.batchId > 0 else "fresh checkpoint"
-            log.info("first micro-batch %d (%s): %d records", progress.batchId, how, rows)
+            log.info(
+                "first micro-batch %d (%s): %d records in %d ms (%s)",
+                progress.batchId,
+                how,
+                rows,
+                progress.batchDuration,
+                ", ".join(f"{step} {ms}" for step, ms in sorted(progress.durationMs.items(), key=lambda kv: -kv[1])),
+            )
         if elapsed >= self.summary_every:
             self._summary = _Summary()
             log.log(
@@ -230,11 +263,88 @@ class ProgressListener(JsonProgressListener):
             )
 
 
+class WarmUp:
+    """A standby's warm-up (job.start_warm_up, then job.warm_up_kafka now and then), on a thread of its own.
+
+    The thread leaves the standby's main thread free to take the lock the moment it is free.
+    """
+
+    def __init__(self, spark: SparkSession, settings: Settings):
+        self.spark = spark
+        self.settings = settings
+        # Beside the checkpoint, where executors can write too; removed when the warm-up query stops.
+        self.location = f"{settings.checkpoint_dir.rstrip('/')}.warm-up-{uuid.uuid4().hex[:8]}"
+        self.started = time.monotonic()
+        self.batches = 0
+        self.done = False
+        self._stopped = threading.Event()
+        self._query_lock = threading.Lock()
+        self.query: StreamingQuery | None = start_warm_up(spark, settings, self.location)
+        self._thread = threading.Thread(target=self._run, name="standby-warm-up", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        kafka_warmed_at: float | None = None
+        while not self._stopped.wait(0.5):
+            if not self.done:
+                self._follow_query()
+            elif kafka_warmed_at is None or time.monotonic() - kafka_warmed_at > KAFKA_WARM_UP_EVERY_SECONDS:
+                kafka_warmed_at = time.monotonic()
+                try:
+                    warm_up_kafka(self.spark, self.settings)
+                except Exception as error:  # the broker may be away; the query will say so if it still is
+                    if not self._stopped.is_set():
+                        log.warning("warm-up of the Kafka sink: %s", error)
+
+    def _follow_query(self) -> None:
+        query = self.query
+        if query is None:  # stopped by a takeover
+            return
+        try:
+            progress = query.recentProgress
+            self.batches = sum(1 for p in progress if p.numInputRows > 0)
+            finished = self.batches >= WARM_UP_BATCHES or not query.isActive
+        except Exception as error:
+            log.warning("warm-up: %s", error)
+            finished = True
+        if finished or time.monotonic() - self.started > WARM_UP_SECONDS:
+            self._stop_query()
+            # A full collection lets the JVM give back the heap the warm-up grew: a standby waits small.
+            self.spark._jvm.java.lang.System.gc()
+            self.done = True
+            log.info(
+                "standby warm: %d micro-batches of made-up emoji in %.0f s",
+                self.batches,
+                time.monotonic() - self.started,
+            )
+
+    def _stop_query(self) -> None:
+        with self._query_lock:
+            query, self.query = self.query, None
+        if query is None:
+            return
+        try:
+            query.stop()
+        except Exception as error:
+            log.debug("stopping the warm-up: %s", error)
+        try:
+            path = self.spark._jvm.org.apache.hadoop.fs.Path(self.location)
+            path.getFileSystem(self.spark._jsc.hadoopConfiguration()).delete(path, True)
+        except Exception as error:
+            log.debug("removing %s: %s", self.location, error)
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._stop_query()
+
+
 class Processor:
     """The running processor: the streaming query, its listener, the dead-letter writer, /healthz and /metrics.
 
-    Building one starts nothing; :meth:`start` starts the query and the endpoint, :meth:`stop`
-    stops them (the checkpoint keeps the query's place for the next start).
+    Building one starts nothing. :meth:`start` takes the checkpoint's lock and starts the query
+    and the endpoint; when another processor holds the lock, it starts as the standby instead
+    (warm-up, endpoint on the standby port) and :meth:`run_until` takes over once the lock is
+    free. :meth:`stop` stops it all (the checkpoint keeps the query's place for the next start).
     """
 
     def __init__(self, spark: SparkSession, settings: Settings):
@@ -243,6 +353,12 @@ class Processor:
         self.metrics = ProcessorMetrics()
         self.query: StreamingQuery | None = None
         self.ops: OpsServer | None = None
+        self.role: str | None = None
+        self.lock = CheckpointLock(spark, lock_path(settings))
+        self.warm_up: WarmUp | None = None
+        self.writer: DataStreamWriter | None = None
+        self.standby_since: float | None = None
+        self.took_over_at: float | None = None
         self.dead_letters = DeadLetterWriter(
             PositionFile(spark, checkpoint(settings, "dead-letters.json")),
             functools.partial(write_dead_letters, spark, settings),
@@ -253,20 +369,41 @@ class Processor:
     def start(self) -> Processor:
         settings = self.settings
         try:
-            self.dead_letters.start()
-            # Listening before the query starts, so not even its first batch is missed.
-            self.spark.streams.addListener(self.listener)
-            self.query = start_query(self.spark, settings)
-            self.listener.watch(self.query)
-            self.ops = OpsServer(
-                "processor", settings.ops_host, settings.processor_metrics_port, self.health, self.metrics.registry
-            ).start()
+            if self.lock.try_acquire():
+                self._become_active()
+            else:
+                self.role = STANDBY
+                self.standby_since = time.time()
+                self.metrics.active.set(0)
+                self.ops = self._ops(settings.processor_standby_metrics_port)
+                log.info(
+                    "standby: %s holds %s; warming up, and taking over when it is free; /healthz and /metrics on %s:%d",
+                    _describe_holder(self.lock.holder()),
+                    self.lock.path,
+                    settings.ops_host,
+                    self.ops.port,
+                )
+                self.warm_up = WarmUp(self.spark, settings)
+                self.writer = query_writer(self.spark, settings)
         except BaseException:
             self.stop()
             raise
+        return self
+
+    def _become_active(self) -> None:
+        settings = self.settings
+        self.role = ACTIVE
+        self.metrics.active.set(1)
+        # Listening before the query starts, so not even its first batch is missed.
+        self.spark.streams.addListener(self.listener)
+        writer, self.writer = self.writer or query_writer(self.spark, settings), None
+        self.query = writer.start()
+        self.listener.watch(self.query)
+        self.dead_letters.start()  # its first batch reaches it through a queue
+        self.ops = self._ops(settings.processor_metrics_port, PORT_WAIT_SECONDS if self.took_over_at else 0.0)
         log.info(
             "counting %s into %s (dead letters: %s); %d s windows, trigger %d ms, watermark %d ms, "
-            "checkpoint %s (through %s); /healthz and /metrics on %s:%d",
+            "checkpoint %s (through %s), lock %s; /healthz and /metrics on %s:%d",
             settings.emoji_topic,
             settings.aggregate_topic,
             settings.dead_letter_topic,
@@ -275,23 +412,69 @@ class Processor:
             settings.watermark_ms,
             settings.checkpoint_dir,
             checkpoint_file_system(self.spark, settings.checkpoint_dir),
+            self.lock.path,
             settings.ops_host,
             self.ops.port,
         )
-        return self
+
+    def _ops(self, port: int, wait: float = 0.0) -> OpsServer:
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                return OpsServer("processor", self.settings.ops_host, port, self.health, self.metrics.registry).start()
+            except OSError:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.2)
+
+    def take_over_if_free(self) -> bool:
+        """As the standby: take the lock if it is free, and start counting; True once active."""
+        if self.role == ACTIVE:
+            return True
+        if not self.lock.try_acquire():
+            return False
+        self.took_over_at = time.time()
+        log.warning(
+            "took over: the checkpoint's lock was free after %.1f s as the standby; starting the query",
+            self.took_over_at - (self.standby_since or self.took_over_at),
+        )
+        if self.warm_up is not None:
+            self.warm_up.stop()
+        if self.ops is not None:
+            self.ops.stop()
+            self.ops = None
+        self._become_active()
+        return True
 
     def _on_batch(self, batch: BatchRange) -> None:
+        if self.took_over_at is not None and self.listener.status.batch_id is None:
+            self.metrics.takeover_seconds.set(time.time() - self.took_over_at)
         self.dead_letters.on_batch(batch)
         self.metrics.dead_letter_backlog.set(self.dead_letters.pending)
 
     def health(self) -> Health:
-        """ok while the query runs, unavailable once it has stopped, starting before :meth:`start`."""
+        """ok while the query runs or while waiting as a standby; unavailable once the query has stopped."""
+        common = {"role": self.role, "pid": os.getpid(), "lock": str(self.lock.path)}
+        if self.role == STANDBY:
+            warm_up = self.warm_up
+            return Health(
+                OK,
+                common
+                | {
+                    "standby_since": self.standby_since,
+                    "holder": self.lock.holder(),
+                    "warm": warm_up is not None and warm_up.done,
+                    "warm_up_batches": warm_up.batches if warm_up else 0,
+                },
+            )
         status = self.listener.status
         letters = self.dead_letters
         self.metrics.dead_letter_backlog.set(letters.pending)
         return Health(
             STARTING if self.query is None else OK if status.active else UNAVAILABLE,
-            {
+            common
+            | {
+                "took_over_at": self.took_over_at,
                 "query": {
                     "name": self.listener.query_name,
                     "active": status.active,
@@ -304,8 +487,14 @@ class Processor:
         )
 
     def run_until(self, stop: threading.Event) -> int:
-        """Wait for ``stop`` (a signal) or a failed query; 0 when asked to stop, 1 on failure."""
-        while not stop.wait(0.5):
+        """Wait for ``stop`` (a signal) or a failed query; 0 when asked to stop, 1 on failure.
+
+        A standby polls the lock meanwhile and takes over when it is free.
+        """
+        while not stop.wait(LOCK_POLL_SECONDS if self.role == STANDBY else 0.5):
+            if self.role == STANDBY:
+                self.take_over_if_free()
+                continue
             if not self.listener.status.active or not self._active():
                 if stop.is_set():
                     break
@@ -320,7 +509,9 @@ class Processor:
             return False
 
     def stop(self) -> None:
-        """Stop the query (its checkpoint keeps the place), the dead-letter writer and the endpoint."""
+        """Stop the query (its checkpoint keeps the place), the dead-letter writer and the endpoint, then free the lock."""
+        if self.warm_up is not None:
+            self.warm_up.stop()
         if self.query is not None:
             try:
                 self.query.stop()
@@ -334,6 +525,14 @@ class Processor:
         if self.ops is not None:
             self.ops.stop()
             self.ops = None
+        # Last: a standby may start the query the moment the lock is free.
+        self.lock.release()
+
+
+def _describe_holder(holder: dict[str, Any] | None) -> str:
+    if not holder:
+        return "another processor"
+    return f"processor pid {holder.get('pid')} (JVM pid {holder.get('jvm_pid')}) on {holder.get('host')}"
 
 
 def checkpoint_file_system(spark: SparkSession, location: str) -> str:

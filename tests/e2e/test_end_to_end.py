@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import asyncio
-import signal
-import threading
-import time
+import json
 
 import pytest
 
 from emostream.clients.crowd import Crowd, CrowdPlan, parse_mix
-from tests.harness.stack import Stack, running_stack, unique_stack_settings
+from tests.harness.faults import (
+    TracedCrowd,
+    assert_processor_recovered,
+    first_count_after,
+    kill_active_processor,
+    run_with_fault,
+    standby_is_warm,
+    wait_for_processor,
+)
+from tests.harness.stack import STANDBY_PROCESSOR, Stack, running_stack, unique_stack_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -72,17 +79,23 @@ def test_every_finished_window_counts_exactly_what_the_crowd_sent(stack):
     assert not {"401", "403"} & report["emoji_rejected"].keys(), report["emoji_rejected"]
 
 
-def test_counts_stay_exact_when_the_processor_is_killed_mid_run(stack):
-    plan = crowd_plan(stack, duration=30.0, seed=11, drain=120.0)
-    crowd = Crowd(plan)
+def test_counts_stay_exact_and_resume_within_10_s_when_the_active_processor_is_killed(stack):
+    stack.start_standby_processor()
+    try:
+        wait_for_processor(stack.settings, True, 240, standby_is_warm)
+        crowd = TracedCrowd(crowd_plan(stack, duration=30.0, seed=11, drain=120.0))
 
-    def kill_and_restart():
-        time.sleep(8)
-        stack.restart("emoji_processor.py", sig=signal.SIGKILL)
+        async def kill_active() -> dict:
+            return await asyncio.to_thread(kill_active_processor, stack)
 
-    chaos = threading.Thread(target=kill_and_restart)
-    chaos.start()
-    report = asyncio.run(crowd.run())
-    chaos.join()
-    # The restarted processor needs a moment before its backlog is counted.
-    assert_exact(report, stack)
+        # The kill comes 8 s after the crowd's first acknowledged emoji, so viewers are watching.
+        report, outcome = asyncio.run(run_with_fault(crowd, kill_active, after=8.0))
+        outcome["counting_again_after_s"] = first_count_after(stack.settings, crowd.plan.events, outcome["killed_at"])
+        print(f"\ne2e processor kill: {json.dumps(outcome)}; gave up {report['emoji_given_up']}")
+
+        assert_exact(report, stack)
+        assert_processor_recovered(outcome, report, report)
+    finally:
+        standby = stack.processes.pop(STANDBY_PROCESSOR, None)
+        if standby is not None:
+            standby.stop()

@@ -358,3 +358,125 @@ def listening_children(pid: int, port: int) -> dict[int, int]:
                 continue
         held[child.pid] = count
     return held
+
+
+# The promise of a processor with a warm standby: counting again within this long of a SIGKILL.
+PROCESSOR_RECOVERY_BOUND_SECONDS = 10.0
+
+
+def processor_health(settings: Settings, standby: bool = False) -> dict[str, Any] | None:
+    """The /healthz of the active processor (or of the standby), or None when nothing answers."""
+    import requests
+
+    port = settings.processor_standby_metrics_port if standby else settings.processor_metrics_port
+    try:
+        return requests.get(f"http://127.0.0.1:{port}/healthz", timeout=5).json()
+    except (requests.RequestException, ValueError):
+        return None
+
+
+def wait_for_processor(settings: Settings, standby: bool, timeout: float, ready: Callable[[dict], bool]) -> dict:
+    """Poll a processor's /healthz until ``ready(health)``; its last answer in the error otherwise."""
+    deadline = time.monotonic() + timeout
+    health = None
+    while time.monotonic() < deadline:
+        health = processor_health(settings, standby)
+        if health is not None and ready(health):
+            return health
+        time.sleep(0.05)
+    role = "standby" if standby else "active"
+    raise AssertionError(f"the {role} processor was not ready within {timeout:.0f} s: {health}")
+
+
+def standby_is_warm(health: dict) -> bool:
+    return health.get("role") == "standby" and bool(health.get("warm"))
+
+
+def kill_active_processor(stack: Any, takeover_timeout: float = 60.0) -> dict[str, Any]:
+    """SIGKILL the active processor of ``stack`` (Python and its JVM) and wait for the standby to take over.
+
+    The stack must run a warm standby (``Stack.start_standby_processor``). Proves the fault: the
+    killed Python and JVM are gone, and the process that answers as active on the processor's
+    port is the former standby. The killed one is started again as the new standby (as the
+    supervisor of ``make run`` does), and the stack's keys follow the roles.
+    """
+    from tests.harness.stack import STANDBY_PROCESSOR
+
+    settings = stack.settings
+    active = wait_for_processor(settings, False, 30, lambda h: h.get("role") == "active" and h["status"] == "ok")
+    standby = wait_for_processor(settings, True, 120, standby_is_warm)
+    victim_key = stack.service_of(active["pid"])
+    assert victim_key is not None, f"no service of the stack is the active processor (pid {active['pid']})"
+    jvm_pids = [child.pid for child in psutil.Process(active["pid"]).children(recursive=True)]
+    killed_at = time.time()
+    kill_group(active["pid"], signal.SIGKILL)
+    stack.processes[victim_key].process.wait(30)
+    survivors = wait_gone([active["pid"], *jvm_pids], timeout=30)
+    gone_after = time.time() - killed_at
+    assert not survivors, f"still running after the SIGKILL: {survivors}"
+    took_over = wait_for_processor(
+        settings, False, takeover_timeout, lambda h: h.get("role") == "active" and h["pid"] == standby["pid"]
+    )
+    active_after = time.time() - killed_at
+    standby_key = stack.service_of(standby["pid"])
+    # The former standby is the stack's processor now; the killed one comes back as the standby.
+    stack.processes["emoji_processor.py"], stack.processes[STANDBY_PROCESSOR] = (
+        stack.processes[standby_key],
+        stack.processes[victim_key],
+    )
+    stack.start_standby_processor()
+    return {
+        "killed_pid": active["pid"],
+        "killed_jvm_pids": jvm_pids,
+        "killed_at": killed_at,
+        "killed_gone_after_s": round(gone_after, 2),
+        "standby_pid": standby["pid"],
+        "standby_active_after_s": round(active_after, 2),
+        "took_over_at": took_over.get("took_over_at"),
+    }
+
+
+def wait_gone(pids: list[int], timeout: float) -> list[int]:
+    """Wait until none of ``pids`` runs (a zombie does not); those still running after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        running = []
+        for pid in pids:
+            try:
+                if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                    running.append(pid)
+            except psutil.NoSuchProcess:
+                pass
+        if not running or time.monotonic() > deadline:
+            return running
+        time.sleep(0.01)
+
+
+def first_count_after(settings: Settings, events: tuple[str, ...], since: float, timeout: float = 30.0) -> float | None:
+    """Seconds from ``since`` (epoch s) to the first aggregate of ``events`` for a window that started after it.
+
+    The aggregate's ``emitted_at`` is when the processor built it: counting again, as a viewer
+    would first see it, measured on the processor's clock (the same machine's).
+    """
+    since_ms = since * 1000
+
+    def after(records: list) -> list[dict]:
+        return [
+            r.value
+            for r in records
+            if isinstance(r.value, dict) and r.value.get("event_id") in events and r.value["window_start"] >= since_ms
+        ]
+
+    records = read_topic(settings, settings.aggregate_topic, until=lambda got: bool(after(got)), timeout=timeout)
+    emitted = [value["emitted_at"] for value in after(records)]
+    return round((min(emitted) - since_ms) / 1000, 2) if emitted else None
+
+
+def assert_processor_recovered(outcome: dict[str, Any], books: dict[str, Any], report: dict[str, Any]) -> None:
+    """The standby took over from a killed processor within the promise, and nothing was lost or given up."""
+    assert outcome["killed_pid"] != outcome["standby_pid"]
+    recovered = outcome["counting_again_after_s"]
+    assert recovered is not None, "no aggregate of a window that started after the kill"
+    assert recovered <= PROCESSOR_RECOVERY_BOUND_SECONDS, outcome
+    assert report["emoji_given_up"] == 0, report
+    assert books["viewer_windows_missing"] == 0, books["mismatches"]

@@ -17,6 +17,9 @@ from tests.harness.senders import send_headers
 from tests.harness.settings import unique_topics
 from tests.harness.support import ServiceProcess, free_port, read_topic, wait_http
 
+# The key in Stack.processes of a second processor that waits as the standby.
+STANDBY_PROCESSOR = "emoji_processor.py (standby)"
+
 
 def stack_settings(settings: Settings, clusters: int = 1, subscribers_per_cluster: int = 2, **changes) -> Settings:
     """Settings for a stack on free ports with a small topology."""
@@ -24,6 +27,7 @@ def stack_settings(settings: Settings, clusters: int = 1, subscribers_per_cluste
         ingest_port=free_port(),
         registration_port=free_port(),
         processor_metrics_port=free_port(),
+        processor_standby_metrics_port=free_port(),
         pubsub_metrics_port=free_port(),
         manager_port=free_port(),
         subscriber_base_port=0,
@@ -55,10 +59,19 @@ class Stack:
     def registration_url(self) -> str:
         return f"http://127.0.0.1:{self.settings.registration_port}"
 
-    def start_service(self, script: str) -> ServiceProcess:
-        process = ServiceProcess(script, self.settings, self.log_dir, root=self.root)
-        self.processes[script] = process
+    def start_service(self, script: str, key: str | None = None) -> ServiceProcess:
+        """Start ``script``, known in :attr:`processes` as ``key`` (default: the script)."""
+        process = ServiceProcess(script, self.settings, self.log_dir, env=self.service_env(script), root=self.root)
+        self.processes[key or script] = process
         return process
+
+    def service_env(self, script: str) -> dict[str, str] | None:
+        """Environment a service gets besides its settings."""
+        return None
+
+    def start_standby_processor(self) -> ServiceProcess:
+        """A second processor on the same checkpoint: it waits as the standby (STANDBY_PROCESSOR)."""
+        return self.start_service("emoji_processor.py", STANDBY_PROCESSOR)
 
     def start(self, timeout: float = 120.0) -> Stack:
         for script in self.SERVICES:
@@ -121,6 +134,10 @@ class Stack:
         self.processes[script].stop(sig=sig, timeout=30)
         return self.start_service(script)
 
+    def service_of(self, pid: int) -> str | None:
+        """The key in :attr:`processes` of the running service whose process is ``pid``."""
+        return next((key for key, process in self.processes.items() if process.pid == pid and process.alive()), None)
+
     def logs(self, tail: int = 40) -> str:
         parts = []
         for script, process in self.processes.items():
@@ -129,10 +146,16 @@ class Stack:
         return "\n".join(parts)
 
     def stop(self) -> None:
-        # Viewers' nodes go first so that nothing reconnects to a stopping stack.
+        # Viewers' nodes go first so that nothing reconnects to a stopping stack; a standby
+        # processor before the active one, so that it does not take over from it.
         for script in reversed(self.SERVICES):
+            if script == "emoji_processor.py" and STANDBY_PROCESSOR in self.processes:
+                self.processes.pop(STANDBY_PROCESSOR).stop(timeout=40)
             process = self.processes.get(script)
             if process is not None:
+                process.stop(timeout=40)
+        for process in self.processes.values():
+            if process.alive():
                 process.stop(timeout=40)
 
 
@@ -166,8 +189,10 @@ def running_stack(
         if ready is not None:
             ready(stack)
     except Exception:
-        print(stack.logs())
-        stack.stop()
+        try:
+            print(stack.logs())
+        finally:  # even when the logs cannot be read, nothing it started is left running
+            stack.stop()
         raise
     try:
         yield stack

@@ -417,3 +417,27 @@ def test_the_processor_runs_under_bin_spark_submit(settings, log_dir):
     assert "(through ForklessLocalFileSystem)" in log
     assert "Traceback" not in log
     assert "falling behind" not in log  # and the project's log4j2 file
+
+
+def test_a_second_processor_on_the_checkpoint_waits_as_the_standby_and_takes_over_when_the_first_stops(spark, fast):
+    standby_settings = fast.replace(processor_standby_metrics_port=free_port())
+    first = Processor(spark, fast).start()
+    second = Processor(spark, standby_settings).start()
+    try:
+        assert (first.role, second.role) == ("active", "standby")
+        assert [query.name for query in spark.streams.active].count(QUERY_NAME) == 1
+        waiting = requests.get(f"http://127.0.0.1:{standby_settings.processor_standby_metrics_port}/healthz", timeout=5)
+        assert waiting.status_code == 200
+        assert waiting.json()["role"] == "standby"
+        assert waiting.json()["holder"]["since"] == first.lock.acquired_at
+        assert not second.take_over_if_free()
+
+        first.stop()
+        assert second.take_over_if_free()
+        assert [query.name for query in spark.streams.active] == [QUERY_NAME]  # the warm-up has stopped too
+        active = requests.get(f"http://127.0.0.1:{fast.processor_metrics_port}/healthz", timeout=5).json()
+        assert (active["role"], active["took_over_at"]) == ("active", second.took_over_at)
+    finally:
+        second.stop()
+        first.stop()
+    assert spark.streams.active == []
