@@ -266,7 +266,8 @@ async def soak(stack: FaultStack, broker: BrokerNode | None, args: argparse.Name
             batch=10,
             concurrency=64,
             probe_interval=1.0,
-        )
+        ),
+        settings,
     )
     kinds = [kind for kind in FAULT_KINDS if kind != "broker" or broker is not None]
     samples = Samples(stack, broker)

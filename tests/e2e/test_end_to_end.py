@@ -83,7 +83,7 @@ def test_counts_stay_exact_and_resume_within_10_s_when_the_active_processor_is_k
     stack.start_standby_processor()
     try:
         wait_for_processor(stack.settings, True, 240, standby_is_warm)
-        crowd = TracedCrowd(crowd_plan(stack, duration=30.0, seed=11, drain=120.0))
+        crowd = TracedCrowd(crowd_plan(stack, duration=30.0, seed=11, drain=120.0), stack.settings)
 
         async def kill_active() -> dict:
             return await asyncio.to_thread(kill_active_processor, stack)

@@ -85,7 +85,8 @@ def test_ingest_with_its_journal_acknowledges_through_a_broker_kill_and_kafka_ho
     log_dir = tmp_path / "logs"
     log_dir.mkdir()
     service = start_ingest(settings, log_dir)
-    poster = Poster(settings.ingest_port, uuid.uuid4().hex[:8])
+    assert settings.ingest_auth == "token"
+    poster = Poster(settings.ingest_port, uuid.uuid4().hex[:8], settings)
     try:
         poster.start()
         assert poster.wait_for(202, timeout=30)

@@ -11,6 +11,7 @@ import requests
 from emostream import kafka
 from emostream.settings import Settings
 from emostream.wire import now_ms
+from tests.harness.senders import send_headers
 from tests.harness.support import ServiceProcess, read_topic, wait_http
 
 
@@ -49,12 +50,17 @@ def start_ingest(settings: Settings, log_dir: Path, timeout: float = 60.0) -> Se
 
 
 class Poster(threading.Thread):
-    """Posts one emoji at a time, each from a user of its own, and keeps every answer."""
+    """Posts one emoji at a time, each from a user of its own, and keeps every answer.
 
-    def __init__(self, port: int, tag: str):
+    With ``settings`` each request carries its user's send credential (an ingest in token mode);
+    without, none (open mode).
+    """
+
+    def __init__(self, port: int, tag: str, settings: Settings | None = None):
         super().__init__(daemon=True)
         self.url = f"http://127.0.0.1:{port}/emoji"
         self.tag = tag
+        self.settings = settings
         self.answers: list[tuple[str, int | str, str | None]] = []  # (user_id, status or error, Retry-After)
         self.answered_at: list[float] = []  # when each answer came (monotonic s)
         self.stopping = threading.Event()
@@ -69,6 +75,7 @@ class Poster(threading.Thread):
                 response = session.post(
                     self.url,
                     json={"user_id": user_id, "emoji_type": "🔥", "timestamp": now_ms()},
+                    headers=send_headers(self.settings, user_id) if self.settings is not None else None,
                     timeout=(5, 10),
                 )
                 answer = (user_id, response.status_code, response.headers.get("Retry-After"))

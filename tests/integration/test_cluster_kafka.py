@@ -73,6 +73,8 @@ def test_start_prints_the_bootstrap_of_all_three_nodes_and_their_replication(sta
         "EMOSTREAM_KAFKA_BOOTSTRAP": ",".join(f"127.0.0.1:{node.port}" for node in nodes),
         "EMOSTREAM_REPLICATION_FACTOR": "3",
         "EMOSTREAM_MIN_INSYNC_REPLICAS": "2",
+        # The local clusters are plaintext, whatever the shell around them says.
+        "EMOSTREAM_KAFKA_SECURITY_PROTOCOL": "PLAINTEXT",
     }
     pids = [node.pid() for node in nodes]
     assert all(pids) and len(set(pids)) == 3, "every node is its own JVM"
