@@ -153,6 +153,9 @@ class Ingest:
         received_at = now_ms()
         events: list[EmojiEvent] = []
         for index, item in enumerate(items):
+            if claims is not None and isinstance(item, dict) and ("user_id" not in item or "event_id" not in item):
+                # A credential names its client and event: an event may leave them to it.
+                item = {"user_id": claims.client_id, "event_id": claims.event_id, **item}
             try:
                 events.append(validate_event(item, self.emoji_types, received_at, self.skew_ms))
             except InvalidMessage as error:

@@ -64,6 +64,12 @@ def test_each_credential_case_is_answered_alike_on_both_intake_paths_and_nothing
         cases = {
             "valid": ("/emoji", event(me, "final"), f"Bearer {mine}", 202),
             "valid batch": ("/emojis", [event(me, "final"), event(me, "final", "👏")], f"Bearer {mine}", 202),
+            "user and event from the credential": (
+                "/emoji",
+                {k: v for k, v in event(me, "final").items() if k not in ("user_id", "event_id")},
+                f"Bearer {mine}",
+                202,
+            ),
             "no header": ("/emoji", event(other, "final"), None, 401),
             "not bearer": ("/emoji", event(other, "final"), f"Basic {mine}", 401),
             "empty bearer": ("/emoji", event(other, "final"), "Bearer ", 401),
@@ -117,17 +123,20 @@ def test_each_credential_case_is_answered_alike_on_both_intake_paths_and_nothing
         assert set(answers[("no-origin", name)][2]) == set(answers[("origin", name)][2]), name
     assert all("error" in body for status, _, body in answers.values() if status >= 400)
 
-    # The accepted emoji are on the topic (3 per path); nothing of any refused request is.
+    # The accepted emoji are on the topic (4 per path, one of them named by its credential alone);
+    # nothing of any refused request is.
     records = read_topic(
         settings,
         settings.emoji_topic,
         until=lambda rs: (
-            sum(1 for r in rs if isinstance(r.value, dict) and r.value.get("user_id") in written_users) >= 6
+            sum(1 for r in rs if isinstance(r.value, dict) and r.value.get("user_id") in written_users) >= 8
         ),
         settle=2,
     )
     users = [r.value.get("user_id") for r in records if isinstance(r.value, dict)]
-    assert sum(1 for user in users if user in written_users) == 6
+    assert sum(1 for user in users if user in written_users) == 8
+    mine = [r.value for r in records if isinstance(r.value, dict) and r.value.get("user_id") in written_users]
+    assert {value.get("event_id") for value in mine} == {"final"}
     assert not refused_users & set(users)
     # Refusals are counted by reason (each worker's counters, summed).
     assert rejected(stack, "no_credential") - reasons_before["no_credential"] >= 4
