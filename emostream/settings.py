@@ -314,12 +314,7 @@ class Settings:
         """
         if service not in KAFKA_SERVICES:
             raise ValueError(f"unknown Kafka service {service!r}")
-        protocol = self.kafka_security_protocol.strip().upper()
-        if protocol not in KAFKA_PROTOCOLS:
-            raise SystemExit(
-                f"EMOSTREAM_KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol!r} is not one of "
-                f"{', '.join(KAFKA_PROTOCOLS)}"
-            )
+        protocol = self._kafka_protocol()
         if protocol == "PLAINTEXT":
             return self.replace(kafka_security_protocol=protocol)
         local = self.local_kafka_home if self.kafka_is_local else None
@@ -343,14 +338,19 @@ class Settings:
         resolved.kafka_client_security()
         return resolved
 
-    def kafka_client_security(self) -> KafkaSecurity:
-        """This process's Kafka security, checked; SystemExit with what to fix when it is incomplete."""
+    def _kafka_protocol(self) -> str:
+        """``kafka_security_protocol`` normalised, or SystemExit naming the choices."""
         protocol = self.kafka_security_protocol.strip().upper()
         if protocol not in KAFKA_PROTOCOLS:
             raise SystemExit(
                 f"EMOSTREAM_KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol!r} is not one of "
                 f"{', '.join(KAFKA_PROTOCOLS)}"
             )
+        return protocol
+
+    def kafka_client_security(self) -> KafkaSecurity:
+        """This process's Kafka security, checked; SystemExit with what to fix when it is incomplete."""
+        protocol = self._kafka_protocol()
         if protocol == "PLAINTEXT":
             return KafkaSecurity(protocol)
         mechanism = self.kafka_sasl_mechanism.strip().upper()
