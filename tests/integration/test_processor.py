@@ -10,6 +10,7 @@ import base64
 import json
 import os
 import random
+import re
 import signal
 import stat
 import time
@@ -261,6 +262,9 @@ def metric_unreachable(port: int) -> bool:
     return False
 
 
+SPARK_ARTIFACT_CLEANUP = re.compile(r"rm -rf \S*/artifacts-[0-9a-f-]+(/[0-9a-f-]+)?")
+
+
 @contextmanager
 def processes_started_by(spark, folder: Path) -> Iterator[list[str]]:
     """The command lines of the processes Spark's JVM starts meanwhile, from a Flight Recording."""
@@ -338,7 +342,9 @@ def test_micro_batches_write_their_checkpoint_without_starting_a_process(spark, 
             produce(fast, more[part * 60 : (part + 1) * 60])
             assert eventually(lambda done=batches: metric(port, "emostream_processor_batches_total") > done)
         wait_for_counts(fast, expected_counts(first + more))
-    assert started == []
+    # Spark deletes a stopped session's artifact folder with `rm -rf` (another test's session, in this
+    # shared JVM, can end meanwhile); that is no work of the micro-batches.
+    assert [command for command in started if not SPARK_ARTIFACT_CLEANUP.fullmatch(command)] == []
 
 
 # The issue's restart test, so it stays in the CI selection (not "faults and slow"): about
