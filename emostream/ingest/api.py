@@ -157,19 +157,21 @@ class Ingest:
                 # A credential names its client and event: an event may leave them to it.
                 item = {"user_id": claims.client_id, "event_id": claims.event_id, **item}
             try:
-                events.append(validate_event(item, self.emoji_types, received_at, self.skew_ms))
+                event = validate_event(item, self.emoji_types, received_at, self.skew_ms)
             except InvalidMessage as error:
-                where = f"event {index}: " if many else ""
-                raise Rejected(400, "invalid_event", f"{where}{error}") from None
-        if claims is not None:
-            for index, sent in enumerate(events):
-                where = f"event {index}: " if many else ""
-                if sent.user_id != claims.client_id:
-                    raise Rejected(403, "other_client", f"{where}user_id must be the credential's client_id")
-                if sent.event_id != claims.event_id:
+                raise Rejected(400, "invalid_event", f"{_where(index, many)}{error}") from None
+            if claims is not None:
+                if event.user_id != claims.client_id:
                     raise Rejected(
-                        403, "other_event", f"{where}event_id must be the credential's event ({claims.event_id})"
+                        403, "other_client", f"{_where(index, many)}user_id must be the credential's client_id"
                     )
+                if event.event_id != claims.event_id:
+                    raise Rejected(
+                        403,
+                        "other_event",
+                        f"{_where(index, many)}event_id must be the credential's event ({claims.event_id})",
+                    )
+            events.append(event)
 
         down_for = self.batcher.stalled_for()
         if down_for >= settings.kafka_unavailable_seconds:
@@ -314,6 +316,11 @@ def create_app(
         settings.kafka_bootstrap,
     )
     return app
+
+
+def _where(index: int, many: bool) -> str:
+    """Which event of the request an error is about (arrays only)."""
+    return f"event {index}: " if many else ""
 
 
 def read_json(environ: dict[str, Any], max_bytes: int) -> Any:

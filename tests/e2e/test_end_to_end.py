@@ -11,13 +11,10 @@ from emostream.clients.crowd import Crowd, CrowdPlan, parse_mix
 from tests.harness.faults import (
     TracedCrowd,
     assert_processor_recovered,
-    first_count_after,
-    kill_active_processor,
-    run_with_fault,
-    standby_is_warm,
-    wait_for_processor,
+    run_killing_the_active_processor,
+    warm_standby,
 )
-from tests.harness.stack import STANDBY_PROCESSOR, Stack, running_stack, unique_stack_settings
+from tests.harness.stack import Stack, running_stack, unique_stack_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -80,22 +77,11 @@ def test_every_finished_window_counts_exactly_what_the_crowd_sent(stack):
 
 
 def test_counts_stay_exact_and_resume_within_10_s_when_the_active_processor_is_killed(stack):
-    stack.start_standby_processor()
-    try:
-        wait_for_processor(stack.settings, True, 240, standby_is_warm)
+    with warm_standby(stack, 240):
         crowd = TracedCrowd(crowd_plan(stack, duration=30.0, seed=11, drain=120.0), stack.settings)
-
-        async def kill_active() -> dict:
-            return await asyncio.to_thread(kill_active_processor, stack)
-
         # The kill comes 8 s after the crowd's first acknowledged emoji, so viewers are watching.
-        report, outcome = asyncio.run(run_with_fault(crowd, kill_active, after=8.0))
-        outcome["counting_again_after_s"] = first_count_after(stack.settings, crowd.plan.events, outcome["killed_at"])
+        report, outcome = run_killing_the_active_processor(stack, crowd, after=8.0)
         print(f"\ne2e processor kill: {json.dumps(outcome)}; gave up {report['emoji_given_up']}")
 
         assert_exact(report, stack)
         assert_processor_recovered(outcome, report, report)
-    finally:
-        standby = stack.processes.pop(STANDBY_PROCESSOR, None)
-        if standby is not None:
-            standby.stop()

@@ -9,7 +9,6 @@ the query from the checkpoint on the executor it already has.
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from collections.abc import Iterator
 from functools import partial
@@ -24,13 +23,10 @@ from tests.harness.faults import (
     assert_every_acknowledged_emoji_counted_once,
     assert_processor_recovered,
     audit,
-    first_count_after,
-    kill_active_processor,
     plan_for,
-    run_with_fault,
-    standby_is_warm,
+    run_killing_the_active_processor,
     summary,
-    wait_for_processor,
+    warm_standby,
 )
 from tests.harness.stack import Stack, running_stack
 from tests.harness.support import free_port
@@ -87,17 +83,13 @@ def cluster_stack(
 def test_the_standby_driver_counts_again_within_10_s_of_a_sigkill_on_a_spark_cluster(cluster_stack: ClusterStack):
     stack = cluster_stack
     settings = stack.settings
-    stack.start_standby_processor()
-    wait_for_processor(settings, True, 300, standby_is_warm)
-    crowd = TracedCrowd(plan_for(settings, (stack.ingest_url,), stack.registration_url, duration=24.0), settings)
+    with warm_standby(stack, 300):
+        crowd = TracedCrowd(plan_for(settings, (stack.ingest_url,), stack.registration_url, duration=24.0), settings)
+        report, outcome = run_killing_the_active_processor(stack, crowd, after=6.0)
+        books = audit(settings, crowd)
+        summary(
+            "processor killed (SIGKILL, Spark standalone cluster), warm standby took over", report, books, **outcome
+        )
 
-    async def kill_active() -> dict:
-        return await asyncio.to_thread(kill_active_processor, stack)
-
-    report, outcome = asyncio.run(run_with_fault(crowd, kill_active, after=6.0))
-    books = audit(settings, crowd)
-    outcome["counting_again_after_s"] = first_count_after(settings, crowd.plan.events, outcome["killed_at"])
-    summary("processor killed (SIGKILL, Spark standalone cluster), warm standby took over", report, books, **outcome)
-
-    assert_every_acknowledged_emoji_counted_once(books, stack.logs())
-    assert_processor_recovered(outcome, books, report)
+        assert_every_acknowledged_emoji_counted_once(books, stack.logs())
+        assert_processor_recovered(outcome, books, report)

@@ -30,19 +30,16 @@ from tests.harness.faults import (
     assert_processor_recovered,
     assert_the_crowd_noticed_at_most_a_pause,
     audit,
-    first_count_after,
-    kill_active_processor,
     kill_group,
     listening_children,
     plan_for,
     process_gone,
     refusals_around,
+    run_killing_the_active_processor,
     run_with_fault,
-    standby_is_warm,
     summary,
-    wait_for_processor,
+    warm_standby,
 )
-from tests.harness.stack import STANDBY_PROCESSOR
 from tests.harness.support import wait_http
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
@@ -185,27 +182,14 @@ def test_a_killed_subscriber_nodes_viewers_are_back_on_other_nodes_and_miss_no_w
 @pytest.mark.slow  # a second Spark driver, warmed up first: the longest of these
 def test_the_standby_processor_counts_again_within_10_s_of_a_sigkill_in_local_mode(fault_stack: FaultStack):
     stack = fault_stack
-    settings = stack.settings
-    stack.start_standby_processor()
-    try:
-        wait_for_processor(settings, True, 240, standby_is_warm)
+    with warm_standby(stack, 240):
         crowd = crowd_for(stack, duration=24.0)
-
-        async def kill_active() -> dict:
-            return await asyncio.to_thread(kill_active_processor, stack)
-
-        report, outcome = asyncio.run(run_with_fault(crowd, kill_active, after=6.0))
-        books = audit(settings, crowd)
-        outcome["counting_again_after_s"] = first_count_after(settings, crowd.plan.events, outcome["killed_at"])
+        report, outcome = run_killing_the_active_processor(stack, crowd, after=6.0)
+        books = audit(stack.settings, crowd)
         summary("processor killed (SIGKILL, local mode), warm standby took over", report, books, **outcome)
 
         assert_every_acknowledged_emoji_counted_once(books, stack.logs())
         assert_processor_recovered(outcome, books, report)
-    finally:
-        # The killed processor came back as the new standby; the other tests run without one.
-        standby = stack.processes.pop(STANDBY_PROCESSOR, None)
-        if standby is not None:
-            standby.stop()
 
 
 def test_an_ingest_instance_stopped_mid_load_loses_nothing_it_acknowledged(fault_stack: FaultStack):

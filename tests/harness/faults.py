@@ -22,7 +22,8 @@ import json
 import signal
 import time
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -478,6 +479,40 @@ def first_count_after(settings: Settings, events: tuple[str, ...], since: float,
     records = read_topic(settings, settings.aggregate_topic, until=lambda got: bool(after(got)), timeout=timeout)
     emitted = [value["emitted_at"] for value in after(records)]
     return round((min(emitted) - since_ms) / 1000, 2) if emitted else None
+
+
+@contextmanager
+def warm_standby(stack: Any, timeout: float) -> Iterator[None]:
+    """A warm standby processor beside the stack's; the standby left at the end is stopped.
+
+    After :func:`kill_active_processor` that is the killed processor, started again as the standby;
+    the tests after this one run without one.
+    """
+    from tests.harness.stack import STANDBY_PROCESSOR
+
+    stack.start_standby_processor()
+    try:
+        wait_for_processor(stack.settings, True, timeout, standby_is_warm)
+        yield
+    finally:
+        standby = stack.processes.pop(STANDBY_PROCESSOR, None)
+        if standby is not None:
+            standby.stop()
+
+
+def run_killing_the_active_processor(stack: Any, crowd: TracedCrowd, after: float) -> tuple[dict, dict]:
+    """The crowd's run with the active processor SIGKILLed ``after`` seconds into it.
+
+    Returns the crowd's report and the kill's outcome, with ``counting_again_after_s``: from the
+    kill to the first aggregate of a window that started after it.
+    """
+
+    async def kill_active() -> dict:
+        return await asyncio.to_thread(kill_active_processor, stack)
+
+    report, outcome = asyncio.run(run_with_fault(crowd, kill_active, after=after))
+    outcome["counting_again_after_s"] = first_count_after(stack.settings, crowd.plan.events, outcome["killed_at"])
+    return report, outcome
 
 
 def assert_processor_recovered(outcome: dict[str, Any], books: dict[str, Any], report: dict[str, Any]) -> None:
