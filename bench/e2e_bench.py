@@ -90,7 +90,7 @@ async def measure(stack: Stack, args: argparse.Namespace) -> tuple[dict, dict]:
         mix=parse_mix("", settings.emoji_types),
         batch=args.batch,
         window_ms=settings.window_seconds * 1000,
-        watermark_ms=settings.watermark_ms,
+        settle_ms=settings.settle_ms,
         drain=60.0,
         seed=1,
     )

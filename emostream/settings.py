@@ -185,7 +185,17 @@ class Settings:
         (),
     )
     trigger_ms: int = _doc("Processing-time trigger of the streaming query.", 500)
-    watermark_ms: int = _doc("How late an emoji may reach the processor and still count.", 3000)
+    watermark_ms: int = _doc(
+        "How late an emoji may reach the processor and still count: its window's count is corrected, and "
+        "viewers get the correction. Cover the longest Kafka outage that ingest's held emoji must outlive; "
+        "later ones are dropped and counted in emostream_processor_late_rows.",
+        60_000,
+    )
+    settle_ms: int = _doc(
+        "How long after a window ends its count is final when nothing fails (ingest's flush, a trigger, "
+        "delivery): the simulator judges windows after it, and a reconnecting viewer asks again this far back.",
+        3000,
+    )
     max_offsets_per_trigger: int = _doc("Most Kafka records read per micro-batch; 0 means no limit.", 0)
     checkpoint_dir: str = _doc(
         "Checkpoint folder of the streaming query.", str(ROOT / "state" / "checkpoints" / "processor")

@@ -43,7 +43,7 @@ ATTEMPTS = 4
 # still be waiting for them, and a crowd that runs for hours must not grow with its run.
 SETTLE_AFTER_MS = 60_000
 # Stopped early (Ctrl-C), the run skips the drain: only windows that ended longer ago than the
-# watermark plus this are judged, the others may not be final at the viewers yet.
+# settle time plus this are judged, the others may not be final at the viewers yet.
 STOPPED_SLACK_MS = 2_000
 # Seconds before a sender whose registration failed registers again.
 CREDENTIAL_RETRY = 5.0
@@ -66,10 +66,10 @@ class CrowdPlan:
     burst_seconds: float = 2.0
     burst_factor: float = 5.0
     probe_interval: float = 0.25  # seconds between latency probes; 0: no probes
-    drain: float = 0.0  # seconds to wait for final counts; 0: window + watermark + slack
+    drain: float = 0.0  # seconds to wait for final counts; 0: window + settle time + slack
     concurrency: int = 64
     window_ms: int = 2000
-    watermark_ms: int = 3000
+    settle_ms: int = 3000
     seed: int | None = None
 
 
@@ -129,9 +129,9 @@ class Crowd:
             http_session=self._viewer_session,
             on_update=lambda viewer, delivery: on_update(delivery.aggregate, delivery.received_at, delivery.replayed),
             history=0,
-            watermark_ms=self.plan.watermark_ms,
+            settle_ms=self.plan.settle_ms,
             # The windows a reconnect's since reaches back over; older ones are final where they are.
-            windows_kept=math.ceil(self.plan.watermark_ms / self.plan.window_ms) + 2,
+            windows_kept=math.ceil(self.plan.settle_ms / self.plan.window_ms) + 2,
         )
 
     async def start_viewers(self) -> None:
@@ -347,7 +347,7 @@ class Crowd:
 
     async def _drain(self) -> None:
         """Wait for final counts: until every finished window matches, or the drain time is up."""
-        drain = self.plan.drain or (self.plan.window_ms + self.plan.watermark_ms) / 1000 + 4
+        drain = self.plan.drain or (self.plan.window_ms + self.plan.settle_ms) / 1000 + 4
         deadline = time.monotonic() + drain
         while time.monotonic() < deadline and not self._stop.is_set():
             books = self.ledger.check(now_ms(), self.plan.events)
@@ -372,10 +372,10 @@ class Crowd:
     def report(self) -> dict[str, Any]:
         # Sending has stopped and the drain has waited, so every window that has ended is final;
         # stopped early (Ctrl-C), the run skipped the drain, and only windows that ended a
-        # watermark and some delivery time ago can be final yet.
+        # settle time and some delivery time ago can be final yet.
         finished_before = now_ms()
         if self._stop.is_set():
-            finished_before -= self.plan.watermark_ms + STOPPED_SLACK_MS
+            finished_before -= self.plan.settle_ms + STOPPED_SLACK_MS
         return build_report(
             self.plan.viewers,
             self.plan.events,

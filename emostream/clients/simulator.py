@@ -49,7 +49,7 @@ def parse_args(settings: Settings, argv: list[str] | None = None) -> argparse.Na
         "--drain",
         type=float,
         default=0.0,
-        help="most seconds to wait for final counts after sending (default: window + watermark + 4 s)",
+        help="most seconds to wait for final counts after sending (default: window + settle time + 4 s)",
     )
     parser.add_argument("--concurrency", type=int, default=64, help="requests in flight at most")
     parser.add_argument(
@@ -85,7 +85,7 @@ def plan_from_args(args: argparse.Namespace, settings: Settings) -> CrowdPlan:
         drain=args.drain,
         concurrency=args.concurrency,
         window_ms=settings.window_seconds * 1000,
-        watermark_ms=settings.watermark_ms,
+        settle_ms=settings.settle_ms,
         seed=args.seed,
     )
 

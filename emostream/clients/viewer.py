@@ -86,8 +86,8 @@ def backoff_delays(initial: float, maximum: float, rng: random.Random | None = N
 class Viewer:
     """One viewer: registration, a Socket.IO connection, and what it received.
 
-    ``watermark_ms`` is how late the processor still updates a window (its watermark; by
-    default ``EMOSTREAM_WATERMARK_MS``); ``windows_kept`` bounds :attr:`windows` to the newest
+    ``settle_ms`` is how long after its end a window's count is final when nothing fails (by
+    default ``EMOSTREAM_SETTLE_MS``); ``windows_kept`` bounds :attr:`windows` to the newest
     windows, enough for a viewer to know what it holds of a reconnection's replay.
     """
 
@@ -105,7 +105,7 @@ class Viewer:
         connect_timeout: float = 10.0,
         transports: tuple[str, ...] = ("websocket",),
         rng: random.Random | None = None,
-        watermark_ms: int | None = None,
+        settle_ms: int | None = None,
         windows_kept: int = 64,
     ):
         self.registration_url = registration_url.rstrip("/")
@@ -116,7 +116,7 @@ class Viewer:
         self.received = 0  # every update, replays included
         self.replayed = 0  # updates that were replays
         self.windows: dict[int, dict[str, Any]] = {}  # window_start → the newest record held
-        self.watermark_ms = Settings.from_env().watermark_ms if watermark_ms is None else watermark_ms
+        self.settle_ms = Settings.from_env().settle_ms if settle_ms is None else settle_ms
         self.windows_kept = max(1, windows_kept)
         self.assignment: dict[str, Any] | None = None
         self.registrations = 0
@@ -204,17 +204,18 @@ class Viewer:
     def since(self) -> int | None:
         """The ``since`` to connect with: the window_start of the oldest window that may not be final here.
 
-        The processor still updates a window until its watermark has passed the window's end,
-        so when the newest window held is N, a window that ended up to ``watermark_ms`` before N
-        may still change: ask again from ⌈watermark / window⌉ windows before N, and one more
-        (a late record of an older window can be written in the processor's batch after N's).
+        A window's count settles within ``settle_ms`` of its end, so when the newest window held
+        is N, a window that ended up to ``settle_ms`` before N may still change: ask again from
+        ⌈settle / window⌉ windows before N, and one more (a late record of an older window can be
+        written in the processor's batch after N's). A correction after a Kafka outage, up to the
+        processor's watermark, reaches a connected viewer live like any update.
         None when nothing is held: the node then sends its history of the event.
         """
         if not self.windows:
             return None
         newest = self.windows[max(self.windows)]
         window_ms = newest["window_end"] - newest["window_start"]
-        return newest["window_start"] - (-(-self.watermark_ms // window_ms) + 1) * window_ms
+        return newest["window_start"] - (-(-self.settle_ms // window_ms) + 1) * window_ms
 
     def _hold(self, aggregate: Any) -> bool:
         """Keep the record if it is newer than the held copy of its window; whether it was."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -41,6 +42,9 @@ MAX_RECORDS = 2000
 # want the crowd's mood now, not a minute of old windows in a burst.
 STALE_MS = 60_000
 GROUP_SESSION = dict(session_timeout_ms=10_000, heartbeat_interval_ms=2_000)
+# While Kafka is away: how long to wait before trying again, and how often to say so.
+OUTAGE_PAUSE = 0.5
+OUTAGE_WARNING_EVERY = 10.0
 LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
@@ -76,8 +80,14 @@ class RoutingTable:
 
     def _rebuild(self, now: int) -> None:
         version = self.membership.version
+        nodes = self.membership.nodes()
+        # Silence is judged against the freshest heartbeat, not only the clock: a node that went
+        # quiet while others kept beating is dead, but when every node went quiet at once it is
+        # the membership topic that did (Kafka away), and the aggregates that arrive as Kafka
+        # comes back must not be dropped before the nodes' heartbeats arrive with them.
+        freshest = max((node.heartbeat_at for node in nodes), default=now)
         table: dict[str, set[int]] = {}
-        for node in self.membership.live(now):
+        for node in (node for node in nodes if self.membership.is_alive(node, min(now, freshest))):
             for event_id, viewers in node.events.items():
                 if viewers > 0:
                     table.setdefault(event_id, set()).add(node.cluster)
@@ -90,6 +100,7 @@ class _Loop:
 
     def __init__(self) -> None:
         self._stop = threading.Event()
+        self._last_warning = -OUTAGE_WARNING_EVERY
         self.running = False  # true once the consumer owns its partitions, positioned
 
     def request_stop(self) -> None:
@@ -100,9 +111,19 @@ class _Loop:
         return self._stop.is_set()
 
     def _consume(self, consumer: Any, handle: Callable[[Any], None], flush: Callable[[], None]) -> None:
-        """Poll, handle each record, flush what was produced, then commit: at-least-once."""
+        """Poll, handle each record, flush what was produced, then commit: at-least-once.
+
+        Kafka gone for a while (every broker restarting) is a pause, not the end: a poll that
+        finds no broker is tried again, and a batch whose output Kafka did not acknowledge is
+        handled again until it does (a repeat is an overwrite downstream), so its offsets are
+        committed only once its output is on the broker.
+        """
         while not self.stopping:
-            batch = consumer.poll(timeout_ms=POLL_MS)
+            try:
+                batch = kafka.poll(consumer, POLL_MS)
+            except kafka.KafkaError as error:
+                self._wait_out(error, "reading")
+                continue
             if not self.running and consumer.assignment():
                 for partition in consumer.assignment():
                     consumer.position(partition)  # resolve the reset now, before we say "ready"
@@ -110,14 +131,33 @@ class _Loop:
                 log.info("consuming %s", ", ".join(sorted(str(p) for p in consumer.assignment())))
             if not batch:
                 continue
-            for records in batch.values():
-                for record in records:
-                    handle(record)
-            flush()
+            while True:
+                try:
+                    for records in batch.values():
+                        for record in records:
+                            handle(record)
+                    flush()
+                    break
+                except kafka.KafkaError as error:
+                    self._wait_out(error, "writing")
+                    if self.stopping:
+                        return  # uncommitted: the next owner handles this batch
             try:
                 kafka.commit(consumer)  # only after what was produced is on the broker
             except kafka.CommitFailed as error:  # a rebalance took the partition: its new owner repeats
                 log.warning("commit failed (%s); the next owner re-reads this batch", error)
+            except kafka.KafkaError as error:  # the next commit covers this batch
+                self._wait_out(error, "committing")
+
+    def _wait_out(self, error: kafka.KafkaError, doing: str) -> None:
+        """Pause after a Kafka error that may pass; raise one that will not."""
+        if not error.retriable:
+            raise error
+        now = time.monotonic()
+        if now - self._last_warning >= OUTAGE_WARNING_EVERY:
+            self._last_warning = now
+            log.warning("Kafka unavailable while %s (%s); trying again", doing, error)
+        self._stop.wait(OUTAGE_PAUSE)
 
 
 class MainPublisher(_Loop):
@@ -183,7 +223,7 @@ class MainPublisher(_Loop):
         producer = kafka.producer(self.settings, linger_ms=1)
         log.info("main publisher routing %s (group %s)", self.settings.aggregate_topic, main_group_id(self.settings))
         try:
-            self._consume(consumer, lambda record: self._route(producer, record), lambda: producer.flush(timeout=30))
+            self._consume(consumer, lambda record: self._route(producer, record), lambda: kafka.flush(producer, 30))
         finally:
             self.running = False
             try:
@@ -211,7 +251,8 @@ class MainPublisher(_Loop):
         for cluster in sorted(clusters):
             if cluster >= self.settings.clusters:
                 continue  # a node from a bigger topology still heartbeating
-            producer.send(self.cluster_topics[cluster], key=key, value=message)
+            with kafka.translate_errors():
+                producer.send(self.cluster_topics[cluster], key=key, value=message)
             self.m_routed[cluster].inc()
 
 

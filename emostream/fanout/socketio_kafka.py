@@ -83,11 +83,12 @@ class KafkaClientManager(socketio.KafkaManager):
 
     def _publish(self, data: dict[str, Any]) -> None:
         # kafka-python 3 takes bytes; no flush here, the producer batches (see flush()).
-        self.producer.send(self.channel, value=self.json.dumps(data).encode())
+        with kafka.translate_errors():
+            self.producer.send(self.channel, value=self.json.dumps(data).encode())
 
     def flush(self, timeout: float | None = 30.0) -> None:
         """Wait until every message published so far is on the broker."""
-        self.producer.flush(timeout=timeout)
+        kafka.flush(self.producer, 30.0 if timeout is None else timeout)
 
     def publish_control(self, method: str, **fields: Any) -> None:
         """Publish an EmoStream control message to every node of the channel."""

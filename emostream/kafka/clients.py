@@ -13,11 +13,10 @@ from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import ConfigResource, ConfigResourceType
-from kafka.errors import CommitFailedError
 from kafka.errors import KafkaError as KafkaPythonError
 
 from emostream.kafka.codecs import JsonValues, TextKeys
-from emostream.kafka.errors import CommitFailed, KafkaUnavailable, TopicNotFound, translate_errors
+from emostream.kafka.errors import KafkaUnavailable, TopicNotFound, translate_errors
 from emostream.kafka.security import kafka_python_options
 from emostream.settings import Settings
 
@@ -147,12 +146,27 @@ def caught_up(consumer: KafkaConsumer, offsets: Mapping[Partition, int]) -> bool
         return all(consumer.position(partition) >= offset for partition, offset in offsets.items())
 
 
+def poll(consumer: KafkaConsumer, timeout_ms: int) -> dict[Partition, list[Any]]:
+    """The consumer's next records by partition, raising the layer's errors.
+
+    kafka-python answers a poll with no brokers at all (every one restarting) not with an
+    empty batch but with a connection error from its group coordinator lookup:
+    :class:`KafkaUnavailable` here, which a service's loop waits out.
+    """
+    with translate_errors():
+        return consumer.poll(timeout_ms=timeout_ms)
+
+
+def flush(producer: KafkaProducer, timeout: float) -> None:
+    """Wait until everything sent so far is acknowledged; :class:`KafkaTimeout` when that takes longer."""
+    with translate_errors():
+        producer.flush(timeout=timeout)
+
+
 def commit(consumer: KafkaConsumer) -> None:
     """Commit the consumed offsets; :class:`CommitFailed` when a rebalance took the partitions."""
-    try:
+    with translate_errors():
         consumer.commit()
-    except CommitFailedError as error:
-        raise CommitFailed(str(error)) from error
 
 
 def end_offsets(settings: Settings, topic: str) -> dict[int, int]:

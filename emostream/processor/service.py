@@ -77,7 +77,11 @@ class ProcessorMetrics:
             "emostream_processor_aggregates", "Aggregate records written to the aggregate topic.", registry=r
         )
         self.late_rows = Counter(
-            "emostream_processor_late_rows", "Emoji dropped because their window had closed (watermark).", registry=r
+            "emostream_processor_late_rows",
+            # Spark counts the rows its aggregation dropped after the partial count, not the emoji.
+            "Window updates dropped because the watermark had passed their window: a micro-batch's emoji "
+            "of one window that came too late count once; any above 0 is acknowledged emoji not counted.",
+            registry=r,
         )
         self.last_batch_seconds = Gauge(
             "emostream_processor_last_batch_duration_seconds", "Duration of the last micro-batch.", registry=r

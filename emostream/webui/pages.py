@@ -125,7 +125,7 @@ def page_config(settings: Settings, page_host: str) -> dict[str, Any]:
         "emoji": [{"emoji": emoji, "name": EMOJI_NAMES.get(emoji, emoji)} for emoji in settings.emoji_types],
         "default_event": DEFAULT_EVENT_ID,
         "window_ms": settings.window_seconds * 1000,
-        "watermark_ms": settings.watermark_ms,  # how far back a page that reconnects asks again (since)
+        "settle_ms": settings.settle_ms,  # how far back a page that reconnects asks again (since)
         "scale_unit": settings.scale_unit,
         "batch_max_events": settings.batch_max_events,
         "probe_event": PROBE_EVENT_ID,

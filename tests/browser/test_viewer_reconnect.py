@@ -55,8 +55,8 @@ def test_killing_the_viewers_node_shows_reconnecting_then_updates_resume_from_an
     now_on = (viewer.node(), viewer.locator("#status-node").get_attribute("title"))
     assert now_on != lost, "the viewer came back on the node that was killed"
     # It came back asking for every window it may not hold final: from its newest (the tap's) back
-    # over the watermark and one more; the node sent the tap's window again, held as it was.
-    lateness = math.ceil(web_stack.settings.watermark_ms / window_ms) + 1
+    # over the settle time and one more; the node sent the tap's window again, held as it was.
+    lateness = math.ceil(web_stack.settings.settle_ms / window_ms) + 1
     assert page.evaluate("document.body.dataset.since") == str(fire_window - lateness * window_ms)
     expect(page.locator("body")).to_have_attribute("data-replays", re.compile(r"^[1-9]"), timeout=20_000)
     fire_slot = viewer.locator(f'#window-strip li[data-window-start="{fire_window}"] .strip-label')

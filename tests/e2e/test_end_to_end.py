@@ -42,7 +42,7 @@ def crowd_plan(stack: Stack, **changes) -> CrowdPlan:
         burst_seconds=1.0,
         burst_factor=4.0,
         window_ms=settings.window_seconds * 1000,
-        watermark_ms=settings.watermark_ms,
+        settle_ms=settings.settle_ms,
         drain=60.0,  # at most: the crowd stops waiting as soon as every window is exact
         seed=7,
     )

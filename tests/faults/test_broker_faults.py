@@ -36,7 +36,7 @@ from tests.harness.faults import (
 from tests.harness.ingest import Poster, create_emoji_topic, records_of, start_ingest
 from tests.harness.settings import unique_topics
 from tests.harness.stack import Stack, running_stack
-from tests.harness.support import free_port, leader_of
+from tests.harness.support import free_port, leader_of, metric_of, read_topic
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults, pytest.mark.slow]
 
@@ -223,3 +223,114 @@ def _wait_until_fully_replicated(settings: Settings, timeout: float) -> None:
             pass
         time.sleep(1.0)
     raise AssertionError(f"replicas were not all in sync {timeout:.0f} s after the broker came back")
+
+
+# The processor's horizon before it took emoji later than this: a window updated after the
+# processor had counted emoji this much newer than the window's end is a late correction.
+OLD_WATERMARK_MS = 3_000
+SAME_BATCH_MS = 250
+
+
+def test_the_whole_cluster_killed_and_restarted_loses_no_acknowledged_emoji_however_ingest_resumes(
+    cluster: KafkaCluster, cluster_stack: Stack
+):
+    # Every node SIGKILLed at once (a power cut): ingest answers 202 for a few seconds more and
+    # holds those emoji, then refuses. When the cluster is back, each ingest worker's producer
+    # reconnects on its own back-off, so emoji accepted after the outage can reach the processor
+    # before emoji held through it: the processor's watermark must leave room for that.
+    stack = cluster_stack
+    settings = stack.settings
+    crowd = TracedCrowd(plan_for(settings, (stack.ingest_url,), stack.registration_url, duration=30.0), settings)
+    processor_metrics = f"http://127.0.0.1:{settings.processor_metrics_port}/metrics"
+    late_before = metric_of(processor_metrics, "emostream_processor_late_rows_total")
+    pubsub_metrics = f"http://127.0.0.1:{settings.pubsub_metrics_port}/metrics"
+    unrouted_before = metric_of(pubsub_metrics, "emostream_pubsub_unrouted_total")
+
+    async def kill_and_restart_the_cluster() -> dict:
+        pids = [pid for pid in cluster.running().values() if pid is not None]
+        killed_at = time.time()
+        await asyncio.to_thread(cluster.stop, 30.0, True)
+        gone = [await asyncio.to_thread(process_gone, pid) for pid in pids]
+        await asyncio.sleep(max(0.0, DOWN_SECONDS - (time.time() - killed_at)))
+        back_from = time.time()
+        await asyncio.to_thread(cluster.start, 180.0)
+        back_at = time.time()
+        await asyncio.to_thread(_wait_until_fully_replicated, settings, RECOVERY_BOUND_SECONDS)
+        return {
+            "killed_at": killed_at,
+            "back_from": back_from,
+            "back_at": back_at,
+            "nodes_killed": len(pids),
+            "killed_pids_gone": all(gone),
+            "new_pids": [pid for pid in cluster.running().values() if pid is not None],
+            "old_pids": pids,
+            "cluster_down_s": round(back_at - killed_at, 1),
+        }
+
+    report, outcome = asyncio.run(run_with_fault(crowd, kill_and_restart_the_cluster, after=6.0))
+    books = audit(settings, crowd, timeout=120.0)
+    killed_at, back_from, back_at = outcome.pop("killed_at"), outcome.pop("back_from"), outcome.pop("back_at")
+    held = sum(len(crowd.acked[user][1]) for user, at in crowd.acked_at.items() if killed_at <= at < back_from)
+    aggregates = _aggregates_of(settings, crowd.plan.events)
+    corrections = _late_corrections(aggregates, since_ms=int(killed_at * 1000))
+    # Where a window went wrong, if one did: the processor's newest count of it, and its routing.
+    for mismatch in books["mismatches"]:
+        event, start = mismatch["window"]
+        mismatch["aggregate_topic"] = max(
+            (a["counts"] for a in aggregates if (a["event_id"], a["window_start"]) == (event, start)),
+            key=lambda counts: sum(counts.values()),
+            default=None,
+        )
+        mismatch["ends_after_kill_s"] = round((start + settings.window_seconds * 1000) / 1000 - killed_at, 1)
+    figures = summary(
+        "every Kafka broker killed (SIGKILL) and restarted",
+        report,
+        books,
+        **outcome,
+        acknowledged_while_no_broker_ran=held,
+        **corrections,
+        processor_late_rows=metric_of(processor_metrics, "emostream_processor_late_rows_total") - late_before,
+        **refusals_around(crowd, killed_at),
+        ingest_refused_by_reason=ingest_refusals_by_reason(stack.ingest_url),
+        unrouted=metric_of(pubsub_metrics, "emostream_pubsub_unrouted_total") - unrouted_before,
+        mismatches=books["mismatches"],
+    )
+
+    # The fault happened: every node's process is gone and new ones answered; ingest held emoji
+    # it acknowledged while no broker ran, then refused the crowd until the cluster was back.
+    assert outcome["nodes_killed"] == 3 and outcome["killed_pids_gone"], outcome
+    assert len(outcome["new_pids"]) == 3 and not set(outcome["new_pids"]) & set(outcome["old_pids"]), outcome
+    assert held > 0, figures
+    assert sum(figures["refused_attempts"].values()) > 0, figures
+    # The promise: every acknowledged emoji counted once in its own window, for every viewer,
+    # however late the held ones reached the processor; refusals only while Kafka was away.
+    assert_every_acknowledged_emoji_counted_once(books, stack.logs())
+    assert books["viewer_windows_missing"] == 0, books["mismatches"]
+    assert figures["processor_late_rows"] == 0, figures
+    assert figures["refused_from_s"] >= -0.5, figures
+    assert figures["refused_until_s"] <= (back_at - killed_at) + REFUSALS_BOUND_SECONDS, figures
+
+
+def _aggregates_of(settings: Settings, events: tuple[str, ...]) -> list[dict]:
+    """Every aggregate of ``events`` on the aggregate topic, by the time the processor emitted it."""
+    records = read_topic(settings, settings.aggregate_topic, until=lambda _: False, timeout=15.0)
+    ours = [r.value for r in records if isinstance(r.value, dict) and r.value.get("event_id") in events]
+    return sorted(ours, key=lambda value: value["emitted_at"])
+
+
+def _late_corrections(aggregates: list[dict], since_ms: int) -> dict[str, int]:
+    """Aggregates emitted from ``since_ms`` on that updated a window after an earlier micro-batch had
+    counted a window more than :data:`OLD_WATERMARK_MS` newer: how many, and the most late."""
+    newest: dict[str, int] = {}  # event -> newest window_start of the batches before the record's
+    count = latest = earlier = 0
+    for value in aggregates:
+        # Records of one micro-batch are stamped within milliseconds; batches are a trigger apart.
+        while earlier < len(aggregates) and aggregates[earlier]["emitted_at"] < value["emitted_at"] - SAME_BATCH_MS:
+            before = aggregates[earlier]
+            newest[before["event_id"]] = max(newest.get(before["event_id"], 0), before["window_start"])
+            earlier += 1
+        lateness = newest.get(value["event_id"], 0) - value["window_end"]
+        if value["emitted_at"] >= since_ms and lateness > OLD_WATERMARK_MS:
+            count += 1
+            latest = max(latest, lateness)
+    return {"late_corrections": count, "latest_correction_ms": latest}

@@ -130,7 +130,7 @@ def plan_for(settings: Settings, ingest_urls: tuple[str, ...], registration_url:
         probe_interval=0.5,
         concurrency=32,
         window_ms=settings.window_seconds * 1000,
-        watermark_ms=settings.watermark_ms,
+        settle_ms=settings.settle_ms,
         drain=DRAIN_BOUND_SECONDS,
         seed=17,
     )

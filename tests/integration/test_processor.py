@@ -204,6 +204,31 @@ def test_an_open_window_is_rewritten_with_its_cumulative_counts_as_emoji_arrive(
     assert latest[key]["total"] == 65
 
 
+def test_emoji_held_back_behind_newer_ones_correct_their_window_within_the_watermark_and_count_late_after(
+    fast, start_processor
+):
+    # Through a Kafka outage ingest holds emoji it acknowledged; when Kafka is back, emoji accepted
+    # after the outage can reach the processor first and move its watermark on. The held ones must
+    # still count in their own window; only those older than the watermark are dropped, and counted.
+    fast = fast.replace(watermark_ms=20_000)
+    base = window_base()
+    newer = [EmojiEvent(f"viewer-{i}", "🔥", base, "final", base + 30_000 + i) for i in range(50)]
+    held = [EmojiEvent(f"viewer-{i}", "👏", base, "final", base + 12_000 + i) for i in range(20)]
+    too_late = [EmojiEvent(f"viewer-{i}", "😂", base, "final", base + 2_000 + i) for i in range(7)]
+    newest_key, held_key = aggregate_key("final", base + 30_000), aggregate_key("final", base + 12_000)
+
+    processor = start_processor(fast)
+    produce(fast, newer)
+    wait_for_counts(fast, {newest_key: {"🔥": 50}})
+    # The processor's watermark is now 20 s behind the newest emoji: base + 10 000.
+    produce(fast, [*held, *too_late])
+    latest, _ = wait_for_counts(fast, {newest_key: {"🔥": 50}, held_key: {"👏": 20}})
+    assert aggregate_key("final", base + 2_000) not in latest
+    # Spark counts a window's late emoji of a micro-batch once, after its partial count.
+    port = fast.processor_metrics_port
+    assert eventually(lambda: metric(port, "emostream_processor_late_rows_total") >= 1, 60), processor.health()
+
+
 def test_poison_records_go_to_the_dead_letter_topic_and_the_good_ones_still_count(fast, start_processor):
     base = window_base()
     good = emoji_events(200, base, 4000, ["final"], seed=2)

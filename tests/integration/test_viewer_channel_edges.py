@@ -386,7 +386,7 @@ def test_the_python_viewer_dropped_for_six_seconds_comes_back_by_itself_with_sin
         backoff_initial=6.0,
         backoff_max=6.0,
         rng=AtTheCeiling(),
-        watermark_ms=stack.settings.watermark_ms,
+        settle_ms=stack.settings.settle_ms,
     )
 
     async def steer(counts: dict[str, int], viewer_on: str | None = None) -> None:

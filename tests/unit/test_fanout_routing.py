@@ -1,9 +1,16 @@
-"""The main publisher's routing table: aggregates go only where the event has live viewers."""
+"""The main publisher's routing table (aggregates go only where the event has live viewers) and the
+publishers' loop through a Kafka outage."""
 
 from __future__ import annotations
 
+from typing import Any
+
+import kafka.errors as kafka_python_errors
+import pytest
+
+from emostream import kafka
 from emostream.fanout.membership import STOPPING, Membership, NodeState
-from emostream.fanout.publisher import RoutingTable
+from emostream.fanout.publisher import RoutingTable, _Loop
 
 NOW = 1_700_000_000_000
 
@@ -40,6 +47,83 @@ def test_the_table_follows_heartbeats_stops_and_silence():
     beat(members, "c1-s0", 1, {"final": 4}, at=NOW + 20, status=STOPPING)
     assert routes.clusters("final", now=NOW + 20) == {0}
 
-    # c0-s0 goes silent: once expired it drops out within one refresh, with no record arriving.
+    # c0-s0 goes silent while c2-s0 keeps beating: once expired it drops out within one refresh.
+    beat(members, "c2-s0", 2, {"semi": 1}, at=NOW + 6000)
     assert routes.clusters("final", now=NOW + 6000) == {0}
+    beat(members, "c2-s0", 2, {"semi": 1}, at=NOW + 6300)
     assert routes.clusters("final", now=NOW + 6300) == set()
+
+
+def test_when_every_node_goes_quiet_at_once_the_last_view_stands_until_heartbeats_come_back():
+    # Kafka away: no heartbeat reaches the publisher, and the first aggregates after the outage
+    # may arrive before any. They go where the viewers were, not nowhere.
+    members = Membership(expiry_seconds=6)
+    beat(members, "c0-s0", 0, {"final": 1})
+    beat(members, "c1-s0", 1, {"final": 2}, at=NOW - 5000)
+    routes = RoutingTable(members, refresh_ms=250)
+
+    assert routes.clusters("final", now=NOW + 30_000) == {0, 1}
+    # Back: c0-s0 beats again, c1-s0 does not (it died in the outage) and drops out.
+    beat(members, "c0-s0", 0, {"final": 1}, at=NOW + 30_100)
+    assert routes.clusters("final", now=NOW + 30_100) == {0}
+
+
+class _Consumer:
+    """A consumer whose polls play a script: a kafka-python error to raise, or a batch to return."""
+
+    def __init__(self, script: list[Any], loop: _Loop):
+        self.script = script
+        self.loop = loop
+        self.commits = 0
+
+    def poll(self, timeout_ms: int) -> dict:
+        if not self.script:
+            self.loop.request_stop()
+            return {}
+        step = self.script.pop(0)
+        if isinstance(step, Exception):
+            raise step
+        return step
+
+    def assignment(self) -> set:
+        return set()
+
+    def commit(self) -> None:
+        self.commits += 1
+
+
+def test_the_publishers_loop_waits_out_kafka_away_and_commits_a_batch_only_once_its_output_is_acknowledged(
+    monkeypatch,
+):
+    monkeypatch.setattr("emostream.fanout.publisher.OUTAGE_PAUSE", 0.0)
+    loop = _Loop()
+    consumer = _Consumer(
+        [
+            kafka_python_errors.KafkaConnectionError("111 ECONNREFUSED"),  # no broker at all
+            {"p0": ["a", "b"]},
+        ],
+        loop,
+    )
+    handled: list[str] = []
+    flushes = iter([kafka_python_errors.KafkaTimeoutError("flush"), None])
+
+    def flush() -> None:
+        outcome = next(flushes)
+        if outcome is not None:
+            with kafka.translate_errors():
+                raise outcome
+        assert consumer.commits == 0  # nothing committed before the batch's output is on the broker
+
+    loop._consume(consumer, handled.append, flush)
+
+    # The poll that found no broker was tried again; the batch whose flush timed out was handled
+    # again, then committed once.
+    assert handled == ["a", "b", "a", "b"]
+    assert consumer.commits == 1
+
+
+def test_the_publishers_loop_stops_on_a_kafka_error_that_will_not_pass():
+    loop = _Loop()
+    consumer = _Consumer([kafka_python_errors.TopicAuthorizationFailedError("denied")], loop)
+    with pytest.raises(kafka.NotAuthorized):
+        loop._consume(consumer, lambda record: None, lambda: None)

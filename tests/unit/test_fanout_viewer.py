@@ -54,7 +54,7 @@ def window(start: int, total: int, emitted_at: int) -> dict:
 
 
 def test_a_repeated_window_is_an_overwrite_kept_by_the_higher_total_then_the_later_emission():
-    viewer = Viewer("http://127.0.0.1:9", "final", watermark_ms=3000)
+    viewer = Viewer("http://127.0.0.1:9", "final", settle_ms=3000)
 
     assert viewer._hold(window(10_000, 3, emitted_at=10_500))
     assert not viewer._hold(window(10_000, 3, emitted_at=10_500))  # the same record again
@@ -65,8 +65,8 @@ def test_a_repeated_window_is_an_overwrite_kept_by_the_higher_total_then_the_lat
     assert not viewer._hold({"window_start": 12_000})  # not a window record
 
 
-def test_since_reaches_back_over_the_watermark_and_one_more_window_and_is_none_with_nothing_held():
-    viewer = Viewer("http://127.0.0.1:9", "final", watermark_ms=3000)
+def test_since_reaches_back_over_the_settle_time_and_one_more_window_and_is_none_with_nothing_held():
+    viewer = Viewer("http://127.0.0.1:9", "final", settle_ms=3000)
     assert viewer.since() is None
 
     for start in (10_000, 12_000, 20_000, 14_000):
@@ -74,14 +74,14 @@ def test_since_reaches_back_over_the_watermark_and_one_more_window_and_is_none_w
     # Windows ending up to 3 s before 20 000 may still change: 16 000 and 18 000; 14 000 for a late batch.
     assert viewer.since() == 14_000
 
-    viewer.watermark_ms = 4000
+    viewer.settle_ms = 4000
     assert viewer.since() == 14_000
-    viewer.watermark_ms = 4001
+    viewer.settle_ms = 4001
     assert viewer.since() == 12_000
 
 
 def test_the_windows_held_are_bounded_and_a_window_older_than_all_of_them_is_final_long_ago():
-    viewer = Viewer("http://127.0.0.1:9", "final", watermark_ms=3000, windows_kept=3)
+    viewer = Viewer("http://127.0.0.1:9", "final", settle_ms=3000, windows_kept=3)
     for start in range(0, 10_000, 2000):
         assert viewer._hold(window(start, 1, emitted_at=start))
 

@@ -270,14 +270,14 @@
 
   /**
    * The window_start of the oldest window this page may not hold final, or null when it holds none.
-   * The processor still updates a window until its watermark has passed the window's end: from the
-   * newest window held, ask again for the windows that watermark covers, and one more (a late record
-   * of an older window can be written in the processor's batch after the newest one's).
+   * A window's count settles within settle_ms of its end: from the newest window held, ask again for
+   * the windows that time covers, and one more (a late record of an older window can be written in
+   * the processor's batch after the newest one's). Later corrections reach a connected page live.
    */
   function sinceWindow() {
     if (state.latestWindow === null) return null;
     const windowMs = state.config.window_ms;
-    const lateness = Number(state.config.watermark_ms) || 0;
+    const lateness = Number(state.config.settle_ms) || 0;
     return state.latestWindow - (Math.ceil(lateness / windowMs) + 1) * windowMs;
   }
 
