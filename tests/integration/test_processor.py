@@ -22,7 +22,6 @@ from typing import Any
 
 import pytest
 import requests
-from prometheus_client.parser import text_string_to_metric_families
 
 from emostream import kafka
 from emostream.processor import QUERY_NAME
@@ -32,7 +31,7 @@ from emostream.processor.service import Processor
 from emostream.processor.spark import FILE_SYSTEM_CHECKPOINTS, FORKLESS_FILE_SYSTEM
 from emostream.settings import Settings
 from emostream.wire import EmojiEvent, aggregate_key, now_ms, scaled_count, validate_aggregate
-from tests.harness.support import ROOT, ServiceProcess, free_port, read_topic, wait_http
+from tests.harness.support import ROOT, ServiceProcess, free_port, metric_of, read_topic, wait_http
 
 pytestmark = [pytest.mark.integration, pytest.mark.spark]
 
@@ -104,13 +103,8 @@ def wait_for_counts(
 
 
 def metric(port: int, name: str, **labels: str) -> float:
-    """One sample of the processor's /metrics (0 when it has not been recorded yet)."""
-    text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                return sample.value
-    return 0.0
+    """One sample of the processor's /metrics; a sample that is not there fails the test."""
+    return metric_of(f"http://127.0.0.1:{port}/metrics", name, **labels)
 
 
 def eventually(check: Callable[[], bool], timeout: float = 60) -> bool:
