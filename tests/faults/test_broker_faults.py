@@ -1,4 +1,4 @@
-"""One Kafka broker of three SIGKILLed under load, and later restarted.
+"""One Kafka broker of three SIGKILLed under load, and later restarted; then all three at once.
 
 The whole stack runs against a 3-node KRaft cluster of its own (emostream.devstack.kafka_cluster,
 every node a broker and a controller in its own JVM), with every topic at replication
@@ -273,7 +273,7 @@ def test_the_whole_cluster_killed_and_restarted_loses_no_acknowledged_emoji_howe
     held = sum(len(crowd.acked[user][1]) for user, at in crowd.acked_at.items() if killed_at <= at < back_from)
     aggregates = _aggregates_of(settings, crowd.plan.events)
     corrections = _late_corrections(aggregates, since_ms=int(killed_at * 1000))
-    # Where a window went wrong, if one did: the processor's newest count of it, and its routing.
+    # Where a window went wrong, if one did: the processor's largest count of it, and when it ended.
     for mismatch in books["mismatches"]:
         event, start = mismatch["window"]
         mismatch["aggregate_topic"] = max(
