@@ -241,7 +241,7 @@ class MembershipWatcher:
         try:
             backlog_end = kafka.assign_at_beginning(consumer, topic)
             while not self._stop.is_set():
-                for records in consumer.poll(timeout_ms=200).values():
+                for records in kafka.poll(consumer, 200).values():
                     for record in records:
                         state = self.membership.apply(record.key, record.value)
                         if self.on_change is not None:

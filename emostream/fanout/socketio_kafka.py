@@ -118,7 +118,7 @@ class KafkaClientManager(socketio.KafkaManager):
     def _kafka_listen(self) -> Iterator[Any]:
         self.position_at_end()
         while not self._closed:
-            for records in self.consumer.poll(timeout_ms=500).values():
+            for records in kafka.poll(self.consumer, 500).values():
                 yield from records
 
     def _listen(self) -> Iterator[Any]:

@@ -176,7 +176,7 @@ class RevocationFollower:
             # From the beginning again after every reconnect: the topic is compacted and small.
             backlog_end = kafka.assign_at_beginning(consumer, self.settings.revocation_topic)
             while not self._stop.is_set():
-                for records in consumer.poll(timeout_ms=POLL_MS).values():
+                for records in kafka.poll(consumer, POLL_MS).values():
                     for record in records:
                         self._apply(record.value)
                 if not self.caught_up and kafka.caught_up(consumer, backlog_end):
