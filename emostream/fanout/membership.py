@@ -237,18 +237,21 @@ class MembershipWatcher:
 
     def _follow(self) -> None:
         topic = self.settings.membership_topic
-        consumer = kafka.consumer(self.settings, group_id=None, auto_offset_reset="earliest", fetch_max_wait_ms=200)
+        consumer = kafka.consumer(
+            self.settings, group_id=None, auto_offset_reset="earliest", fetch_max_wait_ms=kafka.LONG_FETCH_WAIT_MS
+        )
         try:
             backlog_end = kafka.assign_at_beginning(consumer, topic)
             while not self._stop.is_set():
-                for records in kafka.poll(consumer, 200).values():
+                # Before a poll too: an empty topic is loaded at once, not after a long poll.
+                if not self._ready.is_set() and kafka.caught_up(consumer, backlog_end):
+                    self._ready.set()
+                    log.info("membership loaded: %d node(s) on record", len(self.membership.nodes()))
+                for records in kafka.poll(consumer, kafka.LONG_POLL_MS).values():
                     for record in records:
                         state = self.membership.apply(record.key, record.value)
                         if self.on_change is not None:
                             self.on_change(record.key, state)
-                if not self._ready.is_set() and kafka.caught_up(consumer, backlog_end):
-                    self._ready.set()
-                    log.info("membership loaded: %d node(s) on record", len(self.membership.nodes()))
         finally:
             consumer.close()
 

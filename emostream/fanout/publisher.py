@@ -34,7 +34,6 @@ from emostream.wire import EMOJI_UPDATE, InvalidMessage, aggregate_key, now_ms, 
 # Named, not __name__: run with python -m, this module is __main__.
 log = logging.getLogger("emostream.fanout.publisher")
 
-POLL_MS = 200
 MAX_RECORDS = 2000
 # A crashed main publisher's partition moves to its replacement (or a standby) after this
 # long; kafka-python's default of 45 s would leave viewers without updates for that long.
@@ -120,7 +119,7 @@ class _Loop:
         """
         while not self.stopping:
             try:
-                batch = kafka.poll(consumer, POLL_MS)
+                batch = kafka.poll(consumer, kafka.LONG_POLL_MS)
             except kafka.KafkaError as error:
                 self._wait_out(error, "reading")
                 continue
@@ -214,6 +213,7 @@ class MainPublisher(_Loop):
             # First start: live aggregates only, not a day of history to viewers.
             auto_offset_reset="latest",
             max_poll_records=MAX_RECORDS,
+            fetch_max_wait_ms=kafka.LONG_FETCH_WAIT_MS,
             **GROUP_SESSION,
         )
         # Join the group only once the topic's metadata is known: a member that joins
@@ -298,6 +298,7 @@ class ClusterPublisher(_Loop):
             # first); STALE_MS keeps a long-gone backlog away from viewers.
             auto_offset_reset="earliest",
             max_poll_records=MAX_RECORDS,
+            fetch_max_wait_ms=kafka.LONG_FETCH_WAIT_MS,
         )
         # One publisher per cluster: it takes its topic's partitions itself. The group id
         # only keeps its committed offsets; no membership, so no rebalance can starve it.

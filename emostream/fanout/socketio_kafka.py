@@ -107,7 +107,9 @@ class KafkaClientManager(socketio.KafkaManager):
         """
         if self.consumer is not None:
             return
-        consumer = kafka.consumer(self.settings, group_id=None, auto_offset_reset="latest", fetch_max_wait_ms=500)
+        consumer = kafka.consumer(
+            self.settings, group_id=None, auto_offset_reset="latest", fetch_max_wait_ms=kafka.LONG_FETCH_WAIT_MS
+        )
         try:
             kafka.assign_at_end(consumer, self.channel)
         except BaseException:
@@ -118,7 +120,7 @@ class KafkaClientManager(socketio.KafkaManager):
     def _kafka_listen(self) -> Iterator[Any]:
         self.position_at_end()
         while not self._closed:
-            for records in kafka.poll(self.consumer, 500).values():
+            for records in kafka.poll(self.consumer, kafka.LONG_POLL_MS).values():
                 yield from records
 
     def _listen(self) -> Iterator[Any]:

@@ -36,8 +36,6 @@ log = logging.getLogger(__name__)
 
 # Verified credentials a worker remembers; beyond this the oldest are forgotten (and verified again).
 CACHE_ENTRIES = 65_536
-# Longest wait of one poll of the revocation topic (milliseconds).
-POLL_MS = 500
 # How often the follower drops revocations whose credentials have all expired (seconds).
 PRUNE_EVERY = 30.0
 
@@ -169,21 +167,24 @@ class RevocationFollower:
                 self._stop.wait(1.0)
 
     def _follow(self) -> None:
-        # Long polls: a revocation is read within about POLL_MS, and an idle worker wakes seldom.
-        consumer = kafka.consumer(self.settings, group_id=None, auto_offset_reset="earliest", fetch_max_wait_ms=POLL_MS)
+        # Long polls: a revocation arrives with the fetch waiting for it, and an idle worker wakes seldom.
+        consumer = kafka.consumer(
+            self.settings, group_id=None, auto_offset_reset="earliest", fetch_max_wait_ms=kafka.LONG_FETCH_WAIT_MS
+        )
         try:
             self.state = "loading"
             # From the beginning again after every reconnect: the topic is compacted and small.
             backlog_end = kafka.assign_at_beginning(consumer, self.settings.revocation_topic)
             while not self._stop.is_set():
-                for records in kafka.poll(consumer, POLL_MS).values():
-                    for record in records:
-                        self._apply(record.value)
+                # Before a poll too: an empty topic is loaded at once, not after a long poll.
                 if not self.caught_up and kafka.caught_up(consumer, backlog_end):
                     self._caught_up.set()
                     log.info("revocations loaded: %d in force", len(self.revocations))
                 if self.caught_up:
                     self.state = "following"
+                for records in kafka.poll(consumer, kafka.LONG_POLL_MS).values():
+                    for record in records:
+                        self._apply(record.value)
                 if time.monotonic() - self._last_prune > PRUNE_EVERY:
                     self._last_prune = time.monotonic()
                     self.revocations.prune(time.time())

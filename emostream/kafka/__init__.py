@@ -11,6 +11,8 @@ package's own (:mod:`.errors`). :mod:`.topic_specs` declares every topic the pro
 
 from emostream.kafka.bulk import BulkProducer, DeliveryFuture, ingest_producer
 from emostream.kafka.clients import (
+    LONG_FETCH_WAIT_MS,
+    LONG_POLL_MS,
     Partition,
     admin,
     assign_at_beginning,
@@ -52,6 +54,8 @@ __all__ = [
     "KafkaError",
     "KafkaTimeout",
     "KafkaUnavailable",
+    "LONG_FETCH_WAIT_MS",
+    "LONG_POLL_MS",
     "NotAuthorized",
     "Partition",
     "QueueFull",

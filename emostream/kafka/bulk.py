@@ -20,6 +20,10 @@ from emostream.settings import Settings
 
 log = logging.getLogger(__name__)
 
+# Longest sleep of an idle producer's report loop under gevent: librdkafka's error and log
+# callbacks of an idle client are served at least this often.
+IDLE_POLL_SECONDS = 1.0
+
 # Called with None once Kafka has the record.
 AckCallback = Callable[[None], Any]
 
@@ -87,15 +91,24 @@ class BulkProducer:
         # Serve delivery reports as they arrive, not when the owner next polls: an acknowledgement
         # callback must run as soon as Kafka has the record (the ingest journal deletes on it).
         self._closed = threading.Event()
+        self._sent = threading.Event()  # set by send(): records are in flight again
         self._poller = threading.Thread(target=self._serve_reports, name="kafka-delivery-reports", daemon=True)
         self._poller.start()
 
     def _serve_reports(self) -> None:
         if _green():
-            # Under gevent this "thread" is a greenlet: a blocking poll would stall the event loop.
+            # Under gevent this "thread" is a greenlet: a blocking poll would stall the event loop,
+            # so it polls without waiting, often while records are in flight and their reports
+            # due, and otherwise sleeps until the next send: polling every few milliseconds with
+            # nothing in flight was most of what an idle ingest worker spent.
             while not self._closed.is_set():
                 self._producer.poll(0)
-                time.sleep(0.005)  # gevent's sleep: other greenlets run
+                if len(self._producer):
+                    time.sleep(0.005)  # gevent's sleep: other greenlets run
+                    continue
+                self._sent.clear()
+                if not len(self._producer):  # a send between the check and the clear is not lost
+                    self._sent.wait(IDLE_POLL_SECONDS)  # client errors are still served now and then
         else:
             while not self._closed.is_set():
                 self._producer.poll(0.1)
@@ -115,6 +128,8 @@ class BulkProducer:
             raise QueueFull(str(error)) from error
         except self._refused as error:
             raise from_librdkafka(error.args[0]) from error
+        if not self._sent.is_set():
+            self._sent.set()
         return future
 
     def flush(self, timeout: float | None = None) -> None:
@@ -130,6 +145,7 @@ class BulkProducer:
         except KafkaTimeout:
             pass
         self._closed.set()
+        self._sent.set()
         self._poller.join(5)
         self._producer.purge()  # queued and in-flight records: their futures fail now
         self._producer.poll(0)

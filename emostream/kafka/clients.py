@@ -24,6 +24,14 @@ from emostream.settings import Settings
 # the consumer and the helpers here, and read ``.topic`` and ``.partition`` at most.
 Partition = TopicPartition
 
+# A long-lived follower of a topic (a publisher's input, a node's channel, the membership and
+# revocation topics) fetches with a long wait and polls with a long timeout. The broker answers
+# a waiting fetch as soon as a record arrives and the poll returns with it, so neither delays a
+# record; short ones made every idle client ask again several times a second, each round in
+# kafka-python's Python code, and that was most of what the idle services spent.
+LONG_FETCH_WAIT_MS = 5_000
+LONG_POLL_MS = 1_000
+
 
 def producer(settings: Settings, **overrides: Any) -> KafkaProducer:
     """A durable JSON producer: acks from all in-sync replicas, idempotent retries."""
