@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import threading
 
 import pytest
 
 from emostream import kafka, logs
+from emostream.kafka import bulk
 from emostream.settings import Settings
 
 
@@ -97,3 +99,70 @@ def test_at_debug_level_the_clients_routine_warnings_are_not_filtered():
             root.addHandler(handler)
         root.setLevel(level)
         selector.filters[:] = filters
+
+
+class _ReportQueue:
+    """librdkafka's side of a producer, as the report loop sees it: records in flight, reports served by poll."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.in_flight: list = []
+        self.polls = 0
+
+    def produce(self, topic, value, key, on_delivery):
+        with self.lock:
+            self.in_flight.append(on_delivery)
+
+    def poll(self, _timeout):
+        with self.lock:
+            self.polls += 1
+            served, self.in_flight = self.in_flight, []
+        for report in served:
+            report(None, None)
+
+    def __len__(self):
+        with self.lock:
+            return len(self.in_flight)
+
+
+class _WatchedEvent(threading.Event):
+    """An Event that tells when someone starts waiting on it, and for how long at most."""
+
+    def __init__(self):
+        super().__init__()
+        self.waiting = threading.Event()
+        self.timeouts: list = []
+
+    def wait(self, timeout=None):
+        self.timeouts.append(timeout)
+        self.waiting.set()
+        return super().wait(timeout)
+
+
+def test_under_gevent_an_idle_report_loop_sleeps_until_a_send_and_serves_its_report_at_once(monkeypatch):
+    # The loop's gevent branch, run on a thread (the same calls; gevent only makes them green).
+    monkeypatch.setattr(bulk, "_green", lambda: True)
+    monkeypatch.setattr(bulk, "IDLE_POLL_SECONDS", 600.0)  # the test ends long before one idle sleep would
+    producer = object.__new__(kafka.BulkProducer)
+    queue = _ReportQueue()
+    producer._producer = queue
+    producer._refused = RuntimeError
+    producer._closed = threading.Event()
+    producer._sent = sent = _WatchedEvent()
+    loop = threading.Thread(target=producer._serve_reports, daemon=True)
+    loop.start()
+    try:
+        # Nothing in flight: after one poll the loop sleeps until a send (at most the idle time).
+        assert sent.waiting.wait(10), "the idle loop never went to sleep"
+        assert sent.timeouts == [600.0]
+        assert queue.polls == 1
+        acknowledged = threading.Event()
+        producer.send("emoji_topic", b"{}", "live|u1", on_ack=lambda _: acknowledged.set())
+
+        # Served by a poll the send woke, not after the 600 s idle sleep.
+        assert acknowledged.wait(10)
+    finally:
+        producer._closed.set()
+        producer._sent.set()
+        loop.join(10)
+    assert not loop.is_alive()
