@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import subprocess
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,10 +20,21 @@ from pathlib import Path
 import psutil
 
 from emostream.devstack.broker import BrokerNode
-from emostream.settings import ROOT
+from emostream.settings import ROOT, Settings
 from tests.harness.support import free_port
 
 WRK_RESULT = "WRK_RESULT "
+
+
+def stack_base_settings(bootstrap: str, work: Path) -> Settings:
+    """The defaults, not the environment's, for a bench's whole stack on ``bootstrap``, its state under ``work``."""
+    return Settings.from_env(
+        environ={},
+        kafka_bootstrap=bootstrap,
+        state_dir=str(work),
+        spark_ui=False,
+        token_secret=uuid.uuid4().hex,
+    )
 
 
 @contextmanager

@@ -30,11 +30,18 @@ import functools
 import shutil
 import sys
 import tempfile
-import uuid
 from pathlib import Path
 
 import psutil
-from _common import BASELINE_REV, BASELINE_SETTINGS, baseline_checkout, kafka_for_bench, process_tree, tree_cpu_seconds
+from _common import (
+    BASELINE_REV,
+    BASELINE_SETTINGS,
+    baseline_checkout,
+    kafka_for_bench,
+    process_tree,
+    stack_base_settings,
+    tree_cpu_seconds,
+)
 
 from emostream.clients.crowd import Crowd, CrowdPlan, parse_mix
 from emostream.clients.probes import STAGES
@@ -148,13 +155,7 @@ def main() -> int:
     results = {}
     try:
         with kafka_for_bench(None, work, heap="512m") as bootstrap:
-            base = Settings.from_env(
-                environ={},
-                kafka_bootstrap=bootstrap,
-                state_dir=str(work),
-                spark_ui=False,
-                token_secret=uuid.uuid4().hex,
-            )
+            base = stack_base_settings(bootstrap, work)
             with baseline_checkout(args.baseline_rev, work) as baseline_root:
                 results[BASELINE] = run_config(BASELINE, baseline_root, base, work, args)
             results[CURRENT] = run_config(CURRENT, ROOT, base, work, args)

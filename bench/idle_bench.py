@@ -21,11 +21,17 @@ import shutil
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import psutil
-from _common import BASELINE_REV, BASELINE_SETTINGS, baseline_checkout, kafka_for_bench, process_tree
+from _common import (
+    BASELINE_REV,
+    BASELINE_SETTINGS,
+    baseline_checkout,
+    kafka_for_bench,
+    process_tree,
+    stack_base_settings,
+)
 
 from emostream.settings import ROOT, Settings
 from tests.harness.stack import Stack, running_stack, unique_stack_settings
@@ -92,13 +98,7 @@ def main() -> int:
     results: dict[str, dict[str, float]] = {}
     try:
         with kafka_for_bench(None, work, heap="512m") as bootstrap:
-            base = Settings.from_env(
-                environ={},
-                kafka_bootstrap=bootstrap,
-                state_dir=str(work),
-                spark_ui=False,
-                token_secret=uuid.uuid4().hex,
-            )
+            base = stack_base_settings(bootstrap, work)
             with baseline_checkout(args.baseline_rev, work) as baseline_root:
                 baseline = base.replace(**BASELINE_SETTINGS) if args.baseline_rev == BASELINE_REV else base
                 results[BASELINE] = run_config(BASELINE, baseline_root, baseline, work, args)

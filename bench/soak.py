@@ -38,13 +38,12 @@ import signal
 import sys
 import tempfile
 import time
-import uuid
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import psutil
-from _common import process_tree
+from _common import process_tree, stack_base_settings
 
 from emostream import kafka
 from emostream.devstack.broker import BrokerNode
@@ -343,13 +342,7 @@ def main() -> int:
         broker.start()
         bootstrap = broker.bootstrap
     try:
-        base = Settings.from_env(
-            environ={},
-            kafka_bootstrap=bootstrap,
-            state_dir=str(work),
-            spark_ui=False,
-            token_secret=uuid.uuid4().hex,
-        )
+        base = stack_base_settings(bootstrap, work)
         state = work / "stack"
         state.mkdir()
         # Many emoji per viewer each second: the per-user limit is not what this run is about.
