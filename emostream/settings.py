@@ -225,7 +225,11 @@ class Settings:
     scale_up_ratio: float = _doc("Load (connections / capacity) above which all nodes count as full.", 0.8)
     scale_down_idle_seconds: float = _doc("How long an extra node must be idle before it is retired.", 60.0)
     heartbeat_seconds: float = _doc("How often subscriber nodes announce themselves.", 2.0)
-    heartbeat_expiry_seconds: float = _doc("Silence after which a subscriber node counts as dead.", 6.0)
+    heartbeat_expiry_seconds: float = _doc(
+        "Silence after which a subscriber node counts as dead (counted while the membership topic answers:"
+        " a Kafka outage kills no node).",
+        6.0,
+    )
     token_secret: str = _doc(
         "HMAC secret of viewer tokens and send credentials; set it in production, the same for registration, "
         "the subscriber nodes and ingest.",

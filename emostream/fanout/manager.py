@@ -350,7 +350,8 @@ class SubscriberManager:
         if record is None or (pid is not None and record.pid not in (None, pid)):
             silent_ms, limit_s = now - self._launched[node_id], STARTUP_GRACE_SECONDS  # not heard from yet
         else:
-            silent_ms, limit_s = now - record.heartbeat_at, HUNG_SILENCE_SECONDS
+            # Silence while Kafka answered: a Kafka outage silences every node and proves nothing.
+            silent_ms, limit_s = self.membership.quiet_ms(record, now), HUNG_SILENCE_SECONDS
         if silent_ms <= limit_s * 1000:
             return False
         log.warning("subscriber %s has been running silent for %.0f s; killing it", node_id, silent_ms / 1000)

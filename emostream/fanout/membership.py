@@ -4,7 +4,9 @@ Every node writes a heartbeat to the compacted membership topic (key = subscribe
 every ``heartbeat_seconds`` and a tombstone when it stops cleanly. Whoever needs the
 membership (registration, the manager, the main publisher) reads that topic from the
 beginning, so a restarted service knows the nodes at once: Kafka is the only truth.
-A node whose last heartbeat is older than ``heartbeat_expiry_seconds`` is dead.
+A node silent for longer than ``heartbeat_expiry_seconds`` is dead; silence counts only while
+the topic answered its reader: while Kafka is away no heartbeat can arrive, and the last view
+stands (see :meth:`Membership.quiet_ms`).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +28,8 @@ log = logging.getLogger(__name__)
 SUBSCRIBER_ID_RE = re.compile(r"c([0-9]{1,4})-s([0-9]{1,4})")
 UP = "up"
 STOPPING = "stopping"
+# A watcher that read nothing for this long asks the brokers whether the topic still answers.
+PROBE_QUIET_MS = 1_000
 
 
 def subscriber_id(cluster: int, index: int) -> str:
@@ -117,6 +122,11 @@ class Membership:
         self._nodes: dict[str, NodeState] = {}
         self._lock = threading.Lock()
         self.version = 0  # bumps on every change, so callers can cache derived views
+        # Our clock: when the topic last answered its reader (None: nobody says, e.g. in a test),
+        # and the last spells it did not, each longer than the half expiry the watcher allows.
+        self.unheard_after_ms = self.expiry_ms // 2
+        self._heard_at: int | None = None
+        self._outages: deque[tuple[int, int]] = deque(maxlen=8)
 
     def apply(self, key: str | None, value: Any) -> NodeState | None:
         """Apply one record of the membership topic; a tombstone removes the node."""
@@ -160,10 +170,42 @@ class Membership:
         with self._lock:
             return sorted(self._nodes.values(), key=_order)
 
-    def is_alive(self, node: NodeState, now: int | None = None) -> bool:
-        """Fresh heartbeat and not stopping."""
+    @property
+    def heard_at(self) -> int | None:
+        """When (epoch ms) the topic last answered its reader; None before any word of it."""
+        with self._lock:
+            return self._heard_at
+
+    def heard(self, at: int | None = None) -> None:
+        """The topic answered its reader at ``at`` (records read, or its brokers asked)."""
+        at = now_ms() if at is None else at
+        with self._lock:
+            if self._heard_at is not None and at - self._heard_at > self.unheard_after_ms:
+                self._outages.append((self._heard_at, at))
+                log.info("the membership topic answers again after %.1f s", (at - self._heard_at) / 1000)
+            self._heard_at = at if self._heard_at is None else max(self._heard_at, at)
+
+    def quiet_ms(self, node: NodeState, now: int | None = None) -> int:
+        """How long ``node`` has been silent while the membership topic answered.
+
+        A whole-topic silence (Kafka away) is no news of any node: while it lasts every node is
+        judged as of the last answer, and afterwards the silence does not count, so each node
+        has a whole expiry from Kafka's return to be heard again (each reconnects on its own
+        back-off). Without a watcher's word (:meth:`heard` never called) this is the clock's age
+        of the heartbeat.
+        """
         now = now_ms() if now is None else now
-        return node.status == UP and now - node.heartbeat_at <= self.expiry_ms
+        with self._lock:
+            heard_at, outages = self._heard_at, tuple(self._outages)
+        until = heard_at if heard_at is not None and now - heard_at > self.unheard_after_ms else now
+        quiet = until - node.heartbeat_at
+        for start, end in outages:
+            quiet -= max(0, min(end, until) - max(start, node.heartbeat_at))
+        return quiet
+
+    def is_alive(self, node: NodeState, now: int | None = None) -> bool:
+        """Heard from within the expiry (:meth:`quiet_ms`) and not stopping."""
+        return node.status == UP and self.quiet_ms(node, now) <= self.expiry_ms
 
     def live(self, now: int | None = None) -> list[NodeState]:
         """The nodes that may take viewers now."""
@@ -242,16 +284,23 @@ class MembershipWatcher:
         )
         try:
             backlog_end = kafka.assign_at_beginning(consumer, topic)
+            self.membership.heard()
+            last_heard = now_ms()
             while not self._stop.is_set():
                 # Before a poll too: an empty topic is loaded at once, not after a long poll.
                 if not self._ready.is_set() and kafka.caught_up(consumer, backlog_end):
                     self._ready.set()
                     log.info("membership loaded: %d node(s) on record", len(self.membership.nodes()))
-                for records in kafka.poll(consumer, kafka.LONG_POLL_MS).values():
+                batch = kafka.poll(consumer, kafka.LONG_POLL_MS)
+                for records in batch.values():
                     for record in records:
                         state = self.membership.apply(record.key, record.value)
                         if self.on_change is not None:
                             self.on_change(record.key, state)
+                # Nodes beat every few seconds: a longer quiet spell may be Kafka away, so ask.
+                if batch or (now_ms() - last_heard >= PROBE_QUIET_MS and kafka.answers(consumer)):
+                    self.membership.heard()
+                    last_heard = now_ms()
         finally:
             consumer.close()
 

@@ -80,13 +80,11 @@ class RoutingTable:
     def _rebuild(self, now: int) -> None:
         version = self.membership.version
         nodes = self.membership.nodes()
-        # Silence is judged against the freshest heartbeat, not only the clock: a node that went
-        # quiet while others kept beating is dead, but when every node went quiet at once it is
-        # the membership topic that did (Kafka away), and the aggregates that arrive as Kafka
-        # comes back must not be dropped before the nodes' heartbeats arrive with them.
-        freshest = max((node.heartbeat_at for node in nodes), default=now)
+        # Liveness counts silence only while Kafka answered (Membership.quiet_ms): the aggregates
+        # that arrive as Kafka comes back go where the viewers were, not nowhere, while the
+        # nodes' heartbeats come back one by one.
         table: dict[str, set[int]] = {}
-        for node in (node for node in nodes if self.membership.is_alive(node, min(now, freshest))):
+        for node in (node for node in nodes if self.membership.is_alive(node, now)):
             for event_id, viewers in node.events.items():
                 if viewers > 0:
                     table.setdefault(event_id, set()).add(node.cluster)

@@ -16,7 +16,7 @@ from kafka.admin import ConfigResource, ConfigResourceType
 from kafka.errors import KafkaError as KafkaPythonError
 
 from emostream.kafka.codecs import JsonValues, TextKeys
-from emostream.kafka.errors import KafkaUnavailable, TopicNotFound, translate_errors
+from emostream.kafka.errors import KafkaError, KafkaUnavailable, TopicNotFound, translate_errors
 from emostream.kafka.security import kafka_python_options
 from emostream.settings import Settings
 
@@ -152,6 +152,20 @@ def caught_up(consumer: KafkaConsumer, offsets: Mapping[Partition, int]) -> bool
     """True once the consumer's position is at or past ``offsets`` on every partition."""
     with translate_errors():
         return all(consumer.position(partition) >= offset for partition, offset in offsets.items())
+
+
+def answers(consumer: KafkaConsumer, timeout_ms: int = 1_000) -> bool:
+    """Whether the brokers of the consumer's partitions answer (their end offsets) within ``timeout_ms``.
+
+    A follower whose poll comes back empty cannot tell a quiet topic from a broker that is away:
+    this asks.
+    """
+    try:
+        with translate_errors():
+            consumer.end_offsets(list(consumer.assignment()), timeout_ms=timeout_ms)
+    except KafkaError:
+        return False
+    return True
 
 
 def poll(consumer: KafkaConsumer, timeout_ms: int) -> dict[Partition, list[Any]]:

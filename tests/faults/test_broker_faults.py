@@ -245,6 +245,12 @@ def test_the_whole_cluster_killed_and_restarted_loses_no_acknowledged_emoji_howe
     late_before = metric_of(processor_metrics, "emostream_processor_late_rows_total")
     pubsub_metrics = f"http://127.0.0.1:{settings.pubsub_metrics_port}/metrics"
     unrouted_before = metric_of(pubsub_metrics, "emostream_pubsub_unrouted_total")
+    manager_metrics = f"http://127.0.0.1:{settings.manager_port}/metrics"
+
+    def subscriber_restarts() -> float:  # the labelled counter appears at the first restart
+        return metric_of(manager_metrics, "emostream_manager_restarts_total", 0.0, kind="subscriber")
+
+    restarts_before = subscriber_restarts()
 
     async def kill_and_restart_the_cluster() -> dict:
         pids = [pid for pid in cluster.running().values() if pid is not None]
@@ -293,6 +299,7 @@ def test_the_whole_cluster_killed_and_restarted_loses_no_acknowledged_emoji_howe
         **refusals_around(crowd, killed_at),
         ingest_refused_by_reason=ingest_refusals_by_reason(stack.ingest_url),
         unrouted=metric_of(pubsub_metrics, "emostream_pubsub_unrouted_total") - unrouted_before,
+        subscribers_restarted=subscriber_restarts() - restarts_before,
         mismatches=books["mismatches"],
     )
 
@@ -306,6 +313,8 @@ def test_the_whole_cluster_killed_and_restarted_loses_no_acknowledged_emoji_howe
     # however late the held ones reached the processor; refusals only while Kafka was away.
     assert_every_acknowledged_emoji_counted_once(books, stack.logs())
     assert books["viewer_windows_missing"] == 0, books["mismatches"]
+    # Kafka's silence is no node's: the manager kills none as hung, whatever the outage's length.
+    assert figures["subscribers_restarted"] == 0, figures
     assert figures["processor_late_rows"] == 0, figures
     assert figures["refused_from_s"] >= -0.5, figures
     assert figures["refused_until_s"] <= (back_at - killed_at) + REFUSALS_BOUND_SECONDS, figures

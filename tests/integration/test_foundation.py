@@ -6,13 +6,16 @@ import json
 import os
 import socket
 import subprocess
+import time
 import uuid
 
 import pytest
 
 from emostream import kafka
 from emostream.devstack.broker import BrokerError, BrokerNode, pid_alive
+from emostream.fanout.membership import MembershipWatcher
 from emostream.settings import ROOT
+from tests.harness.fanout import wait_until
 from tests.harness.support import free_port, read_topic
 
 pytestmark = pytest.mark.integration
@@ -175,6 +178,31 @@ def test_starting_the_broker_twice_is_harmless_and_stopping_leaves_no_process(sp
     assert not pid_alive(pid)
     assert not spare_node.pid_file.exists()
     assert spare_node.stop() is False
+
+
+def test_a_membership_watcher_hears_a_quiet_topic_through_its_broker_and_not_while_the_broker_is_away(
+    spare_node, settings
+):
+    # No node beats: only the watcher's own asking tells a quiet topic from a broker that is away.
+    assert spare_node.start() is True
+    settings = settings.replace(kafka_bootstrap=spare_node.bootstrap)
+    kafka.ensure_topics(settings)
+    watcher = MembershipWatcher(settings).start()
+    try:
+        assert watcher.wait_ready(60.0)
+        first = watcher.membership.heard_at
+        assert first is not None
+        wait_until(lambda: watcher.membership.heard_at >= first + 2000, 30.0, "the watcher to hear the topic again")
+
+        spare_node.stop(kill=True)
+        stopped_at = time.time() * 1000
+        time.sleep(5.0)  # the silence itself is what is under test: nothing to wait for
+        assert watcher.membership.heard_at <= stopped_at
+
+        assert spare_node.start() is True
+        wait_until(lambda: watcher.membership.heard_at > stopped_at + 5000, 90.0, "the watcher to hear the broker back")
+    finally:
+        watcher.stop()
 
 
 def test_start_refuses_with_a_clear_message_when_the_port_is_taken(spare_node):

@@ -303,3 +303,18 @@ def test_a_node_whose_heartbeats_are_late_is_left_alone_until_it_is_clearly_hung
     clock.now += 45_000  # over a minute of silence: hung
     manager.reconcile()
     assert ("c0-s0", True) in launcher.stopped
+
+
+def test_no_node_is_killed_as_hung_for_the_silence_of_a_kafka_outage(topology):
+    settings, members, launcher, clock, manager, _ = topology
+    manager.reconcile()
+    beat(members, launcher, clock)
+    members.heard(clock.now)
+    pids = dict(launcher.nodes)
+
+    clock.now += 90_000  # every broker away for a minute and a half: no heartbeat can arrive
+    manager.reconcile()
+    members.heard(clock.now)  # back
+    clock.now += 1_000
+    manager.reconcile()
+    assert launcher.nodes == pids and launcher.stopped == []

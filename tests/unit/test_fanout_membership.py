@@ -63,6 +63,32 @@ def test_a_node_is_alive_until_its_heartbeat_is_older_than_the_expiry():
     assert [n.subscriber_id for n in members.nodes()] == ["c0-s0"]  # still on record for operators
 
 
+def test_a_lone_node_silent_while_kafka_answers_dies_by_the_clock():
+    # The watcher hears the topic (its brokers answer) while the only node says nothing.
+    members = Membership(expiry_seconds=6)
+    members.apply("c0-s0", heartbeat("c0-s0", at=NOW))
+    for at in range(NOW, NOW + 7001, 1000):
+        members.heard(at)
+
+    assert members.quiet_ms(members.get("c0-s0"), now=NOW + 7000) == 7000
+    assert members.live(now=NOW + 7000) == []
+
+
+def test_silence_counts_only_while_the_topic_answers():
+    members = Membership(expiry_seconds=6)
+    members.apply("c0-s0", heartbeat("c0-s0", at=NOW - 1000))
+    members.heard(NOW)
+    node = members.get("c0-s0")
+
+    assert members.quiet_ms(node, now=NOW + 2000) == 3000  # unheard for less than half the expiry
+    assert members.quiet_ms(node, now=NOW + 60_000) == 1000  # Kafka away: judged as of its last answer
+    members.heard(NOW + 60_000)
+    members.heard(NOW + 62_000)
+    assert members.quiet_ms(node, now=NOW + 64_000) == 5000  # the minute away does not count
+    members.heard(NOW + 65_000)
+    assert members.live(now=NOW + 65_500) == []
+
+
 def test_a_stopping_node_is_not_alive_and_a_tombstone_removes_it():
     members = Membership(expiry_seconds=6)
     members.apply("c0-s0", heartbeat("c0-s0"))

@@ -54,18 +54,56 @@ def test_the_table_follows_heartbeats_stops_and_silence():
     assert routes.clusters("final", now=NOW + 6300) == set()
 
 
-def test_when_every_node_goes_quiet_at_once_the_last_view_stands_until_heartbeats_come_back():
-    # Kafka away: no heartbeat reaches the publisher, and the first aggregates after the outage
-    # may arrive before any. They go where the viewers were, not nowhere.
+def test_while_kafka_is_away_the_last_view_stands_and_after_it_each_node_has_an_expiry_to_beat_again():
+    # No heartbeat reaches the publisher while Kafka is away, and the first aggregates after the
+    # outage may arrive before any. They go where the viewers were, not nowhere.
     members = Membership(expiry_seconds=6)
     beat(members, "c0-s0", 0, {"final": 1})
-    beat(members, "c1-s0", 1, {"final": 2}, at=NOW - 5000)
+    beat(members, "c1-s0", 1, {"final": 2}, at=NOW - 2000)
+    members.heard(NOW)
     routes = RoutingTable(members, refresh_ms=250)
 
     assert routes.clusters("final", now=NOW + 30_000) == {0, 1}
-    # Back: c0-s0 beats again, c1-s0 does not (it died in the outage) and drops out.
+    # Back: c0-s0 beats at once; c1-s0 comes back on a slower back-off, or never.
+    members.heard(NOW + 30_000)
     beat(members, "c0-s0", 0, {"final": 1}, at=NOW + 30_100)
-    assert routes.clusters("final", now=NOW + 30_100) == {0}
+    assert routes.clusters("final", now=NOW + 30_100) == {0, 1}
+    for at in (NOW + 32_000, NOW + 33_900):
+        members.heard(at)
+        beat(members, "c0-s0", 0, {"final": 1}, at=at)
+        assert routes.clusters("final", now=at) == {0, 1}  # 2 s quiet before, under 4 s since
+    members.heard(NOW + 34_200)
+    beat(members, "c0-s0", 0, {"final": 1}, at=NOW + 34_200)
+    assert routes.clusters("final", now=NOW + 34_200) == {0}  # 6.2 s quiet while Kafka answered
+
+
+def test_heartbeats_buffered_through_an_outage_do_not_make_the_nodes_read_after_them_look_dead():
+    # A node's producer keeps the beats it could not send and delivers them all when Kafka is
+    # back, stamped across the outage, before the other nodes' first beats are read.
+    members = Membership(expiry_seconds=6)
+    beat(members, "c0-s0", 0, {"final": 1})
+    beat(members, "c1-s0", 1, {"final": 2})
+    members.heard(NOW)
+    routes = RoutingTable(members, refresh_ms=250)
+    back = NOW + 66_000
+    for stamped in range(NOW + 2000, back, 2000):
+        beat(members, "c0-s0", 0, {"final": 1}, at=stamped)
+    members.heard(back)
+    assert routes.clusters("final", now=back + 500) == {0, 1}
+
+
+def test_an_outage_does_not_bring_back_a_node_that_was_already_dead():
+    members = Membership(expiry_seconds=6)
+    beat(members, "c1-s0", 1, {"final": 2}, at=NOW - 20_000)  # silent while c0-s0 beat
+    beat(members, "c0-s0", 0, {"final": 1})
+    members.heard(NOW)
+    routes = RoutingTable(members, refresh_ms=250)
+    assert routes.clusters("final", now=NOW) == {0}
+    assert routes.clusters("final", now=NOW + 30_000) == {0}  # Kafka away
+
+    members.heard(NOW + 30_000)
+    beat(members, "c0-s0", 0, {"final": 1}, at=NOW + 30_000)
+    assert routes.clusters("final", now=NOW + 30_000) == {0}
 
 
 class _Consumer:
