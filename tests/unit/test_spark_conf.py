@@ -55,7 +55,7 @@ def test_spark_submit_gets_the_connector_and_in_local_mode_the_checkpoint_and_lo
     monkeypatch.setattr(spark, "pyspark_jars_dir", lambda: jars / "none")
     local = spark.submit_args(settings(jars, "/tmp/checkpoints"), "local[*]")
     assert local[:2] == ["--jars", str(jars / "spark" / "spark-sql-kafka-0-10_2.13-4.2.0.jar")]
-    conf = spark.local_checkpoint_conf(settings(jars, "/tmp/checkpoints"), "local[*]") | spark.local_logging_conf(
+    conf = spark.local_checkpoint_conf(settings(jars, "/tmp/checkpoints"), "local[*]") | spark.local_driver_conf(
         "local[*]"
     )
     assert local[2:] == [arg for key, value in conf.items() for arg in ("--conf", f"{key}={value}")]
@@ -63,14 +63,14 @@ def test_spark_submit_gets_the_connector_and_in_local_mode_the_checkpoint_and_lo
 
 
 @pytest.mark.parametrize("master", ["local", "local[*]", "local[2]", "local-cluster[2,1,1024]"])
-def test_a_local_driver_logs_through_the_projects_log4j2_file(master):
-    options = spark.local_logging_conf(master)["spark.driver.extraJavaOptions"]
-    assert options == f"-Dlog4j2.configurationFile={spark.LOG4J2_FILE.as_uri()}"
+def test_a_local_driver_logs_through_the_projects_log4j2_file_and_collects_with_the_serial_collector(master):
+    options = spark.local_driver_conf(master)["spark.driver.extraJavaOptions"]
+    assert options == f"-Dlog4j2.configurationFile={spark.LOG4J2_FILE.as_uri()} -XX:+UseSerialGC"
     assert spark.LOG4J2_FILE.is_file()
 
 
 def test_a_cluster_driver_keeps_the_logging_spark_has_there():
-    assert spark.local_logging_conf("spark://spark-master:7077") == {}
+    assert spark.local_driver_conf("spark://spark-master:7077") == {}
 
 
 def test_extra_spark_settings_apply_and_driver_options_add_to_the_projects_own():
@@ -84,10 +84,25 @@ def test_extra_spark_settings_apply_and_driver_options_add_to_the_projects_own()
 
     assert conf["spark.sql.streaming.noDataMicroBatches.enabled"] == "false"
     options = conf["spark.driver.extraJavaOptions"]
-    assert options.startswith("-Dlog4j2.configurationFile=") and options.endswith(" -XX:+UseParallelGC")
+    # The collector chosen takes the place of the project's: a JVM given two does not start.
+    assert options == f"-Dlog4j2.configurationFile={spark.LOG4J2_FILE.as_uri()} -XX:+UseParallelGC"
+
+
+def test_extra_driver_options_without_a_collector_keep_the_projects_collector():
+    settings = Settings.from_env(environ={"EMOSTREAM_SPARK_CONF": "spark.driver.extraJavaOptions=-Xss4m"})
+    options = spark.extra_conf(settings)["spark.driver.extraJavaOptions"]
+    assert options == f"-Dlog4j2.configurationFile={spark.LOG4J2_FILE.as_uri()} -XX:+UseSerialGC -Xss4m"
 
 
 def test_a_malformed_extra_spark_setting_stops_with_its_text():
     settings = Settings.from_env(environ={"EMOSTREAM_SPARK_CONF": "spark.ui.enabled"})
     with pytest.raises(SystemExit, match="'spark.ui.enabled' is not key=value"):
         spark.extra_conf(settings)
+
+
+@pytest.mark.spark
+def test_the_local_driver_jvm_collects_with_the_serial_collector(request):
+    session = request.getfixturevalue("spark")  # the fixture's name is this module's too
+    beans = session._jvm.java.lang.management.ManagementFactory.getGarbageCollectorMXBeans()
+    # The serial collector's two: "Copy" (young) and "MarkSweepCompact" (old); G1's are "G1 ...".
+    assert sorted(bean.getName() for bean in beans) == ["Copy", "MarkSweepCompact"]
