@@ -83,8 +83,10 @@ LOG4J2_FILE = Path(__file__).with_name("log4j2.properties")
 # A local driver shares its cores with the services beside it, and what it keeps between batches
 # is small (a few windows of counts), so a stop-the-world young collection is short. G1, the JVM's
 # own choice on two cores or more, spends CPU beside every batch (its concurrent threads, its write
-# barriers); the serial collector does not (README, Measured).
-LOCAL_DRIVER_GC = "-XX:+UseSerialGC"
+# barriers); the serial collector does not (README, Measured). Half the heap young, so that what a
+# batch allocates dies young instead of filling the old generation, whose collections stop the
+# world for a batch's length.
+LOCAL_DRIVER_GC = "-XX:+UseSerialGC -XX:NewRatio=1"
 CHOOSES_A_GC = re.compile(r"-XX:\+Use\w+GC\b")
 
 
@@ -164,7 +166,7 @@ def extra_conf(settings: Settings) -> dict[str, str]:
     options = "spark.driver.extraJavaOptions"
     if options in conf and not launched_by_spark_submit():
         own = local_driver_conf(settings.spark_master).get(options)
-        if own and CHOOSES_A_GC.search(conf[options]):  # the JVM refuses to start with two
+        if own and CHOOSES_A_GC.search(conf[options]):  # the JVM refuses to start with two collectors
             own = own.replace(f" {LOCAL_DRIVER_GC}", "")
         conf[options] = f"{own} {conf[options]}" if own else conf[options]
     return conf

@@ -65,7 +65,7 @@ def test_spark_submit_gets_the_connector_and_in_local_mode_the_checkpoint_and_lo
 @pytest.mark.parametrize("master", ["local", "local[*]", "local[2]", "local-cluster[2,1,1024]"])
 def test_a_local_driver_logs_through_the_projects_log4j2_file_and_collects_with_the_serial_collector(master):
     options = spark.local_driver_conf(master)["spark.driver.extraJavaOptions"]
-    assert options == f"-Dlog4j2.configurationFile={spark.LOG4J2_FILE.as_uri()} -XX:+UseSerialGC"
+    assert options == f"-Dlog4j2.configurationFile={spark.LOG4J2_FILE.as_uri()} -XX:+UseSerialGC -XX:NewRatio=1"
     assert spark.LOG4J2_FILE.is_file()
 
 
@@ -91,7 +91,7 @@ def test_extra_spark_settings_apply_and_driver_options_add_to_the_projects_own()
 def test_extra_driver_options_without_a_collector_keep_the_projects_collector():
     settings = Settings.from_env(environ={"EMOSTREAM_SPARK_CONF": "spark.driver.extraJavaOptions=-Xss4m"})
     options = spark.extra_conf(settings)["spark.driver.extraJavaOptions"]
-    assert options == f"-Dlog4j2.configurationFile={spark.LOG4J2_FILE.as_uri()} -XX:+UseSerialGC -Xss4m"
+    assert options == f"-Dlog4j2.configurationFile={spark.LOG4J2_FILE.as_uri()} -XX:+UseSerialGC -XX:NewRatio=1 -Xss4m"
 
 
 def test_a_malformed_extra_spark_setting_stops_with_its_text():
