@@ -158,11 +158,14 @@ def answers(consumer: KafkaConsumer, timeout_ms: int = 1_000) -> bool:
     """Whether the brokers of the consumer's partitions answer (their end offsets) within ``timeout_ms``.
 
     A follower whose poll comes back empty cannot tell a quiet topic from a broker that is away:
-    this asks.
+    this asks. A consumer with no partitions has no broker to ask, and gets False.
     """
+    assigned = list(consumer.assignment())
+    if not assigned:
+        return False
     try:
         with translate_errors():
-            consumer.end_offsets(list(consumer.assignment()), timeout_ms=timeout_ms)
+            consumer.end_offsets(assigned, timeout_ms=timeout_ms)
     except KafkaError:
         return False
     return True
