@@ -285,7 +285,6 @@ class MembershipWatcher:
         try:
             backlog_end = kafka.assign_at_beginning(consumer, topic)
             self.membership.heard()
-            last_heard = now_ms()
             while not self._stop.is_set():
                 # Before a poll too: an empty topic is loaded at once, not after a long poll.
                 if not self._ready.is_set() and kafka.caught_up(consumer, backlog_end):
@@ -298,9 +297,9 @@ class MembershipWatcher:
                         if self.on_change is not None:
                             self.on_change(record.key, state)
                 # Nodes beat every few seconds: a longer quiet spell may be Kafka away, so ask.
-                if batch or (now_ms() - last_heard >= PROBE_QUIET_MS and kafka.answers(consumer)):
+                quiet_for = now_ms() - (self.membership.heard_at or 0)
+                if batch or (quiet_for >= PROBE_QUIET_MS and kafka.answers(consumer)):
                     self.membership.heard()
-                    last_heard = now_ms()
         finally:
             consumer.close()
 

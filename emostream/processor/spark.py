@@ -90,8 +90,8 @@ LOCAL_DRIVER_GC = "-XX:+UseSerialGC -XX:NewRatio=1"
 CHOOSES_A_GC = re.compile(r"-XX:\+Use\w+GC\b")
 
 
-def local_driver_conf(master: str) -> dict[str, str]:
-    """The driver JVM's options for a local master: the project's log4j2 file, the serial collector.
+def local_driver_conf(master: str, collector: str = LOCAL_DRIVER_GC) -> dict[str, str]:
+    """The driver JVM's options for a local master: the project's log4j2 file, and ``collector``.
 
     On a cluster the driver keeps the log4j2 configuration and the JVM options Spark has there
     (SPARK_CONF_DIR).
@@ -99,7 +99,8 @@ def local_driver_conf(master: str) -> dict[str, str]:
     if not master.startswith("local"):
         return {}
     # A file URI: a space in a path would split the option in two.
-    return {"spark.driver.extraJavaOptions": f"-Dlog4j2.configurationFile={LOG4J2_FILE.as_uri()} {LOCAL_DRIVER_GC}"}
+    options = f"-Dlog4j2.configurationFile={LOG4J2_FILE.as_uri()}"
+    return {"spark.driver.extraJavaOptions": f"{options} {collector}" if collector else options}
 
 
 def submit_args(settings: Settings, master: str) -> list[str]:
@@ -165,9 +166,9 @@ def extra_conf(settings: Settings) -> dict[str, str]:
         conf[key.strip()] = value.strip()
     options = "spark.driver.extraJavaOptions"
     if options in conf and not launched_by_spark_submit():
-        own = local_driver_conf(settings.spark_master).get(options)
-        if own and CHOOSES_A_GC.search(conf[options]):  # the JVM refuses to start with two collectors
-            own = own.replace(f" {LOCAL_DRIVER_GC}", "")
+        # The JVM refuses to start with two collectors: one named here takes the project's place.
+        collector = "" if CHOOSES_A_GC.search(conf[options]) else LOCAL_DRIVER_GC
+        own = local_driver_conf(settings.spark_master, collector).get(options)
         conf[options] = f"{own} {conf[options]}" if own else conf[options]
     return conf
 
