@@ -286,7 +286,11 @@ SPARK_ARTIFACT_CLEANUP = re.compile(r"rm -rf \S*/artifacts-[0-9a-f-]+(/[0-9a-f-]
 
 @contextmanager
 def processes_started_by(spark, folder: Path) -> Iterator[list[str]]:
-    """The command lines of the processes Spark's JVM starts meanwhile, from a Flight Recording."""
+    """The command lines naming ``folder`` of the processes Spark's JVM starts meanwhile (a Flight Recording).
+
+    Only those: the test run's one JVM does other work meanwhile (in one CI run it started an
+    ``rm`` of something else during this window).
+    """
     jvm = spark._jvm
     recording = jvm.jdk.jfr.Recording()
     recording.enable("jdk.ProcessStart")
@@ -299,7 +303,8 @@ def processes_started_by(spark, folder: Path) -> Iterator[list[str]]:
         dump = jvm.java.io.File(str(folder / "process-starts.jfr")).toPath()
         recording.dump(dump)
         recording.close()
-        commands += [event.getString("command") for event in jvm.jdk.jfr.consumer.RecordingFile.readAllEvents(dump)]
+        events = jvm.jdk.jfr.consumer.RecordingFile.readAllEvents(dump)
+        commands += [command for command in (event.getString("command") for event in events) if str(folder) in command]
 
 
 def test_the_local_file_system_sets_permissions_in_process(spark, tmp_path):
