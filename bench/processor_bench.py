@@ -293,6 +293,8 @@ class Steady:
     batches: list[float] = field(default_factory=list)
     rows_per_s: float = NAN
     cores: float = NAN
+    # The phase's second half alone: a young JVM is still compiling Spark's code in the first.
+    late_cores: float = NAN
     breakdown: dict[str, float] = field(default_factory=dict)
 
 
@@ -412,6 +414,7 @@ def steady_phase(
         span = load.ended_at - window_start
         steady.rows_per_s = sum(p["numInputRows"] for p in batches) / span
         steady.cores = monitor.cpu_between(window_start, load.ended_at) / span
+        steady.late_cores = monitor.cpu_between(load.ended_at - span / 2, load.ended_at) / (span / 2)
         parts = ("latestOffset", "queryPlanning", "addBatch", "walCommit", "commitOffsets")
         steady.breakdown = {part: statistics.mean(p["durationMs"].get(part, 0) for p in batches) for part in parts}
     return steady
@@ -471,7 +474,7 @@ def report(results: list[Result], args: argparse.Namespace, load_before: str, lo
     print()
     header = (
         f"{'configuration':<14}{'rate':>8}{'sent/s':>9}{'p50 s':>8}{'p95 s':>8}{'max s':>8}"
-        f"{'≤ trigger':>11}{'rows/s':>9}{'cores':>7}"
+        f"{'≤ trigger':>11}{'rows/s':>9}{'cores':>7}{'2nd half':>9}"
     )
     print(header)
     print("-" * len(header))
@@ -482,7 +485,7 @@ def report(results: list[Result], args: argparse.Namespace, load_before: str, lo
             print(
                 f"{r.name:<14}{steady.rate:>8,}{steady.sent_rate:>9,.0f}{percentile(batches, 50):>8.2f}"
                 f"{percentile(batches, 95):>8.2f}{max(batches, default=NAN):>8.2f}{f'{within}/{len(batches)}':>11}"
-                f"{steady.rows_per_s:>9,.0f}{steady.cores:>7.2f}"
+                f"{steady.rows_per_s:>9,.0f}{steady.cores:>7.2f}{steady.late_cores:>9.2f}"
             )
     print()
     for r in results:
@@ -501,7 +504,9 @@ def report(results: list[Result], args: argparse.Namespace, load_before: str, lo
     print("  the JVM had every core to itself (an estimate: it ignores waits on the broker).")
     print("p50/p95/max, ≤ trigger: durations of the batches that started during steady load after a")
     print(f"  {args.warmup_seconds:.0f} s warm-up; rows/s: what they read per second; cores: JVM CPU seconds")
-    print("  per second meanwhile; JVM MB: the driver JVM's peak resident memory (VmHWM).")
+    print("  per second meanwhile; 2nd half: the same over the phase's second half (a young JVM is still")
+    print("  compiling Spark's code; run a long phase to see the settled cost); JVM MB: the driver JVM's")
+    print("  peak resident memory (VmHWM).")
     by_name = {r.name: r for r in results}
     if "current" in by_name and "baseline" in by_name:
         print()
