@@ -7,11 +7,13 @@ editable install (bin/setup).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
 import signal
 import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -156,9 +158,32 @@ def run_wrk(wrk: str, url: str, script: Path, connections: int, seconds: float, 
 # The commit the efficiency work started from: the default same-run baseline of the benches
 # that compare this code with earlier code (--baseline-rev).
 BASELINE_REV = "25343af25179373be514062a42326f2e56425757"
-# The defaults of BASELINE_REV that this code changed, so that its services run as they shipped:
-# settings are handed to a baseline's services whole, this code's defaults included.
-BASELINE_SETTINGS = {"emoji_partitions": 4, "shuffle_partitions": 0}
+# Tuning defaults that changed since BASELINE_REV. Settings are handed to a baseline's services
+# whole, this code's defaults included, so a baseline is given its own (shipped_defaults).
+TUNING_DEFAULTS = ("emoji_partitions", "shuffle_partitions")
+
+
+def shipped_defaults(checkout: Path, settings: Settings) -> Settings:
+    """``settings`` with the code at ``checkout``'s own tuning defaults where they hold this code's.
+
+    A value set on purpose (one that differs from this code's default) is kept.
+    """
+    script = (
+        "import dataclasses, json, sys; from emostream.settings import Settings; "
+        "fields = {f.name: f.default for f in dataclasses.fields(Settings)}; "
+        "print(json.dumps({name: fields[name] for name in sys.argv[1:] if name in fields}))"
+    )
+    # Run in the checkout, so that its own emostream package is the one imported.
+    done = subprocess.run(
+        [sys.executable, "-c", script, *TUNING_DEFAULTS], cwd=checkout, capture_output=True, text=True
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"cannot read the defaults of {checkout}: {done.stderr.strip()}")
+    ours = {f.name: f.default for f in dataclasses.fields(Settings)}
+    theirs = json.loads(done.stdout)
+    return settings.replace(
+        **{name: value for name, value in theirs.items() if getattr(settings, name) == ours[name] != value}
+    )
 
 
 @contextmanager

@@ -35,10 +35,10 @@ from pathlib import Path
 import psutil
 from _common import (
     BASELINE_REV,
-    BASELINE_SETTINGS,
     baseline_checkout,
     kafka_for_bench,
     process_tree,
+    shipped_defaults,
     stack_base_settings,
     tree_cpu_seconds,
 )
@@ -119,7 +119,7 @@ async def measure(stack: Stack, args: argparse.Namespace) -> tuple[dict, dict]:
 def run_config(name: str, root: Path, base: Settings, work: Path, args) -> tuple[dict, dict]:
     state = work / f"stack-{len(list(work.glob('stack-*')))}"
     if name == BASELINE:
-        base = base.replace(**BASELINE_SETTINGS)
+        base = shipped_defaults(root, base)
     settings = unique_stack_settings(
         base,
         state,

@@ -26,10 +26,10 @@ from pathlib import Path
 import psutil
 from _common import (
     BASELINE_REV,
-    BASELINE_SETTINGS,
     baseline_checkout,
     kafka_for_bench,
     process_tree,
+    shipped_defaults,
     stack_base_settings,
 )
 
@@ -100,7 +100,7 @@ def main() -> int:
         with kafka_for_bench(None, work, heap="512m") as bootstrap:
             base = stack_base_settings(bootstrap, work)
             with baseline_checkout(args.baseline_rev, work) as baseline_root:
-                baseline = base.replace(**BASELINE_SETTINGS) if args.baseline_rev == BASELINE_REV else base
+                baseline = shipped_defaults(baseline_root, base)
                 results[BASELINE] = run_config(BASELINE, baseline_root, baseline, work, args)
             results[CURRENT] = run_config(CURRENT, ROOT, base, work, args)
     finally:

@@ -47,7 +47,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from _common import BASELINE_REV, BASELINE_SETTINGS, baseline_checkout, free_port, kafka_for_bench, stop_process_group
+from _common import BASELINE_REV, baseline_checkout, free_port, kafka_for_bench, shipped_defaults, stop_process_group
 
 from emostream import kafka
 from emostream.settings import ROOT, Settings
@@ -328,7 +328,7 @@ def run_configuration(
 ) -> Result:
     tag = f"bench-{name}-{uuid.uuid4().hex[:6]}"
     if name == "baseline":
-        base = base.replace(**BASELINE_SETTINGS)
+        base = shipped_defaults(root, base)
     if partitions is not None:
         base = base.replace(shuffle_partitions=partitions)
     settings = base.replace(

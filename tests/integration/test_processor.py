@@ -178,6 +178,31 @@ def test_last_record_per_key_equals_the_exact_counts_of_several_events_and_windo
     assert latest[aggregate_key("final", base + 4000)]["scaled"]["🔥"] == 2
 
 
+@pytest.mark.parametrize("partitions", [1, 2])
+def test_batches_are_shuffled_into_the_state_store_only_when_it_has_more_than_one_partition(
+    spark, fast, start_processor, capsys, partitions
+):
+    # The emoji topic has two partitions; one state store partition takes both without a shuffle.
+    base = window_base()
+    sent = emoji_events(400, base, 6000, ["final", "semi"], seed=3)
+    produce(fast, sent)
+    previous = spark.conf.get("spark.sql.shuffle.partitions")
+    spark.conf.set("spark.sql.shuffle.partitions", str(partitions))
+    try:
+        # The query takes the session's settings as it starts.
+        processor = start_processor(fast.replace(shuffle_partitions=partitions))
+    finally:
+        spark.conf.set("spark.sql.shuffle.partitions", previous)
+
+    latest, _ = wait_for_counts(fast, expected_counts(sent))
+    assert {key: value["counts"] for key, value in latest.items()} == expected_counts(sent)
+    capsys.readouterr()
+    processor.query.explain()
+    plan = capsys.readouterr().out
+    assert "StateStoreSave [event_id" in plan and f"numPartitions = {partitions}]" in plan, plan
+    assert ("Exchange hashpartitioning" in plan) == (partitions > 1), plan
+
+
 def test_an_open_window_is_rewritten_with_its_cumulative_counts_as_emoji_arrive(fast, start_processor):
     # With the 2-second trigger the issue asks to support (the other tests use 200 ms).
     fast = fast.replace(trigger_ms=2000)
