@@ -7,10 +7,10 @@
 
 Runs the same crowd against two stacks on the same broker, one after the other: the baseline,
 the services of an earlier commit (--baseline-rev, by default the commit the efficiency work
-started from) run from a git worktree of it, then this checkout's. Prints for both the CPU
-seconds and peak memory of each service, end-to-end latency (probe tap → first aggregate
-counting it) p50/p95/p99 with its split by stage, and the books (windows exact, lost, twice),
-then, as its last line, this code against the baseline:
+started from) run from a git worktree of it with its own topic and shuffle partitions, then this
+checkout's. Prints for both the CPU seconds and peak memory of each service, end-to-end latency
+(probe tap → first aggregate counting it) p50/p95/p99 with its split by stage, and the books
+(windows exact, lost, twice), then, as its last line, this code against the baseline:
 
     e2e: cpu_ratio=<this/baseline whole stack> p50_ratio=<…> p99_ratio=<…> lost=<n> twice=<n>
 
