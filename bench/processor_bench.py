@@ -16,8 +16,9 @@ For each configuration, on topics of its own:
 
 Configurations: ``current`` (this checkout), ``baseline`` (the processor of --baseline-rev,
 by default the commit the efficiency work started from, run from a git worktree of it on the
-same broker, with that checkout's own topic and shuffle partitions), ``one`` and ``default-200`` (this checkout with one, or Spark's default of 200,
-shuffle partitions). The last line compares current with baseline:
+same broker, with that checkout's own topic and shuffle partitions), ``one`` and ``default-200``
+(this checkout with one, or Spark's default of 200, shuffle partitions). The last line compares
+current with baseline:
 
     processor: cores_<rate>_ratio=<current/baseline> ... p95_<rate>_ratio=<…> ... within_trigger_<rate>=<n>/<m> ...
 

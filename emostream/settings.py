@@ -176,7 +176,7 @@ class Settings:
     spark_driver_memory: str = _doc("Spark driver memory.", "1g")
     shuffle_partitions: int = _doc(
         "spark.sql.shuffle.partitions, fixed in the checkpoint at the query's first start (a state store "
-        "each); 0 means the number of cores.",
+        "each; with 1 a micro-batch is one task, with no shuffle); 0 means the number of cores.",
         1,
     )
     spark_conf: tuple[str, ...] = _doc(
