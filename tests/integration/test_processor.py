@@ -185,6 +185,7 @@ def test_batches_are_shuffled_into_the_state_store_only_when_it_has_more_than_on
     # The emoji topic has two partitions; one state store partition takes both without a shuffle.
     base = window_base()
     sent = emoji_events(400, base, 6000, ["final", "semi"], seed=3)
+    expected = expected_counts(sent)
     produce(fast, sent)
     previous = spark.conf.get("spark.sql.shuffle.partitions")
     spark.conf.set("spark.sql.shuffle.partitions", str(partitions))
@@ -194,8 +195,8 @@ def test_batches_are_shuffled_into_the_state_store_only_when_it_has_more_than_on
     finally:
         spark.conf.set("spark.sql.shuffle.partitions", previous)
 
-    latest, _ = wait_for_counts(fast, expected_counts(sent))
-    assert {key: value["counts"] for key, value in latest.items()} == expected_counts(sent)
+    latest, _ = wait_for_counts(fast, expected)
+    assert {key: value["counts"] for key, value in latest.items()} == expected
     capsys.readouterr()
     processor.query.explain()
     plan = capsys.readouterr().out
