@@ -78,6 +78,20 @@ def stop_process_group(process: subprocess.Popen, timeout: float = 60.0) -> int 
     return process.returncode
 
 
+def processor_settings(base: Settings, tag: str, scratch: Path) -> Settings:
+    """``base`` for one processor under test: topics of its own named after ``tag``, its checkpoint under ``scratch``."""
+    return base.replace(
+        emoji_topic=f"emoji_topic.{tag}",
+        aggregate_topic=f"aggregated_emoji_topic.{tag}",
+        dead_letter_topic=f"emoji_dead_letter_topic.{tag}",
+        membership_topic=f"emostream_subscribers.{tag}",
+        clusters=0,
+        checkpoint_dir=str(scratch / tag / "checkpoint"),
+        processor_metrics_port=free_port(),
+        spark_ui=False,
+    )
+
+
 def process_tree(pid: int) -> list[psutil.Process]:
     """A process and all its descendants; empty when it is gone."""
     try:

@@ -48,7 +48,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from _common import BASELINE_REV, baseline_checkout, free_port, kafka_for_bench, shipped_defaults, stop_process_group
+from _common import (
+    BASELINE_REV,
+    baseline_checkout,
+    kafka_for_bench,
+    processor_settings,
+    shipped_defaults,
+    stop_process_group,
+)
 
 from emostream import kafka
 from emostream.settings import ROOT, Settings
@@ -332,17 +339,7 @@ def run_configuration(
         base = shipped_defaults(root, base)
     if partitions is not None:
         base = base.replace(shuffle_partitions=partitions)
-    settings = base.replace(
-        emoji_topic=f"emoji_topic.{tag}",
-        aggregate_topic=f"aggregated_emoji_topic.{tag}",
-        dead_letter_topic=f"emoji_dead_letter_topic.{tag}",
-        membership_topic=f"emostream_subscribers.{tag}",
-        clusters=0,
-        trigger_ms=args.trigger_ms,
-        checkpoint_dir=str(scratch / tag / "checkpoint"),
-        processor_metrics_port=free_port(),
-        spark_ui=False,
-    )
+    settings = processor_settings(base, tag, scratch).replace(trigger_ms=args.trigger_ms)
     kafka.ensure_topics(settings)
     created.append(settings)
     result = Result(name, settings.effective_shuffle_partitions)
