@@ -147,8 +147,8 @@ def run(mode: str, base: Settings, args: argparse.Namespace, scratch: Path, crea
     tag = f"bench-{mode}-{uuid.uuid4().hex[:6]}"
     settings = processor_settings(base, tag, scratch)
     if mode == REAL_TIME:
-        # Every stage's tasks run at once for the whole interval: 2 readers and 2 counters here, and
-        # the count's shuffle stays (real-time mode has no single-partition plan without one).
+        # Every stage's tasks run at once for the whole interval: 2 readers and 2 counters here. The
+        # mode's operator allowlist has no coalesce, so the count keeps its shuffle.
         settings = settings.replace(spark_master="local[4]", shuffle_partitions=2)
     kafka.ensure_topics(settings)
     created.append(settings)
