@@ -68,14 +68,22 @@ NAN = float("nan")
 # --------------------------------------------------------------------------- load
 
 
+def emoji_choice(settings: Settings, i: int) -> tuple[str, str, str]:
+    """Emoji i of the bench's load: its event, its sender and its kind."""
+    return (
+        f"match-{i % EVENTS}",
+        f"viewer-{(i * 7919) % USERS}",
+        settings.emoji_types[(i * 31) % len(settings.emoji_types)],
+    )
+
+
 def emoji_lines(settings: Settings, first: int, count: int, received_at: Any, poison_every: int = 0) -> str:
     """``key\\tvalue`` lines for the console producer; ``received_at(i)`` stamps emoji i."""
-    emoji = settings.emoji_types
     lines = []
     for i in range(first, first + count):
-        event_id = f"match-{i % EVENTS}"
-        user_id = f"viewer-{(i * 7919) % USERS}"
-        kind = "🍕" if poison_every and i % poison_every == poison_every - 1 else emoji[(i * 31) % len(emoji)]
+        event_id, user_id, kind = emoji_choice(settings, i)
+        if poison_every and i % poison_every == poison_every - 1:
+            kind = "🍕"
         at = received_at(i)
         lines.append(
             f'{event_id}|{user_id}\t{{"user_id":"{user_id}","emoji_type":"{kind}",'

@@ -45,7 +45,7 @@ from collections import Counter
 from pathlib import Path
 
 from _common import kafka_for_bench, processor_settings, stop_process_group, tree_cpu_seconds
-from processor_bench import EVENTS, console_producer, delete_topics, emoji_lines, say
+from processor_bench import console_producer, delete_topics, emoji_choice, emoji_lines, say
 
 from emostream import kafka
 from emostream.settings import ROOT, Settings
@@ -109,7 +109,6 @@ class Load:
         producer = console_producer(self.settings)
         assert producer.stdin is not None
         window_ms = self.settings.window_seconds * 1000
-        kinds = self.settings.emoji_types
         end = time.monotonic() + seconds
         while time.monotonic() < end:
             time.sleep(0.5 - time.time() % 0.5)
@@ -119,8 +118,8 @@ class Load:
             producer.stdin.flush()
             window = now_ms // window_ms * window_ms
             for i in range(10**9 + first, 10**9 + first + due):
-                # emoji_lines' choice of event and kind for emoji i.
-                self.expected.setdefault((f"match-{i % EVENTS}", window), Counter())[kinds[(i * 31) % len(kinds)]] += 1
+                event_id, _user, kind = emoji_choice(self.settings, i)
+                self.expected.setdefault((event_id, window), Counter())[kind] += 1
             self.sent += due
         producer.stdin.close()
         producer.wait(60)
